@@ -1,0 +1,77 @@
+"""Tally's web side: the application factory."""
+
+import logging
+
+import anthropic
+from flask import Flask, jsonify
+
+from app import config
+from app.db import make_engine, make_session_factory
+from app.extensions import jwt, sock
+from app.usage.outbox import Relay
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings=None, *, celery=None):
+    """Build the Flask app; ``settings`` defaults to the environment's."""
+    settings = settings or config.load()
+    app = Flask(__name__)
+    app.config.update(
+        JWT_SECRET_KEY=settings.jwt_secret,
+        JWT_TOKEN_LOCATION=["headers"],
+        MAX_CONTENT_LENGTH=settings.max_message_bytes,
+        SOCK_SERVER_OPTIONS={
+            "max_message_size": settings.max_message_bytes,
+            "ping_interval": 25,
+        },
+    )
+    app.extensions["tally.settings"] = settings
+    engine = make_engine(settings.database_url)
+    app.extensions["tally.db"] = make_session_factory(engine)
+    app.extensions["tally.claude"] = claude_client(settings)
+    if celery is not None:
+        _attach_relay(app, celery, settings)
+    jwt.init_app(app)
+    sock.init_app(app)
+    _register(app)
+    return app
+
+
+def _register(app):
+    from app.auth.routes import bp as auth_bp
+    from app.chat.routes import bp as chat_bp
+    from app.usage.cli import usage_cli
+    from app.usage.routes import bp as usage_bp
+
+    app.register_blueprint(auth_bp)
+    app.register_blueprint(chat_bp)
+    app.register_blueprint(usage_bp)
+    app.cli.add_command(usage_cli)
+
+    @app.errorhandler(413)
+    def too_large(_error):
+        return jsonify(error="request too large"), 413
+
+
+def _attach_relay(app, celery, settings):
+    from celery_app import SAVE_USAGE
+
+    def send(records):
+        celery.send_task(SAVE_USAGE, args=[records])
+
+    relay = Relay(
+        app.extensions["tally.db"], send, interval=settings.outbox_relay_seconds
+    )
+    app.extensions["tally.relay"] = relay
+    # Started by the first request, not at import: `flask usage …` needs no thread.
+    app.before_request(relay.start)
+
+
+def claude_client(settings):
+    """The Anthropic client: the real API with a key, the simulator without one."""
+    return anthropic.Anthropic(
+        api_key=settings.anthropic_api_key or "simulated",
+        base_url=settings.anthropic_base_url,
+        max_retries=2,
+    )

@@ -1,0 +1,264 @@
+"""The chat page and its websocket."""
+
+import json
+import logging
+from decimal import Decimal
+
+from flask import Blueprint, current_app, render_template, request
+from sqlalchemy import select
+
+from app.auth.identity import NotAuthenticated, user_from_token
+from app.chat import history
+from app.chat.stream import ClientGone, run_call
+from app.db import unit_of_work
+from app.extensions import sock
+from app.models import SessionUsage, UsageRecord
+from app.usage import outbox
+from app.usage.pricing import context_window, price_call
+
+log = logging.getLogger(__name__)
+bp = Blueprint("chat", __name__)
+
+AUTH_TIMEOUT = 10
+IDLE_POLL = 0.5
+CLOSE_UNAUTHORIZED = 4401
+
+
+@bp.get("/")
+def page():
+    settings = current_app.extensions["tally.settings"]
+    return render_template(
+        "chat.html",
+        simulated=settings.simulated,
+        model=settings.model,
+        dev_login=settings.development,
+    )
+
+
+@sock.route("/ws/chat", bp=bp)
+def chat_socket(ws):
+    ChatConnection(ws, current_app, request.headers.get("Authorization")).serve()
+
+
+def money(value):
+    return None if value is None else str(value)
+
+
+class ChatConnection:
+    """One browser tab: authenticate, then one Claude call per chat frame."""
+
+    def __init__(self, ws, app, authorization=None):
+        self.ws = ws
+        self.settings = app.extensions["tally.settings"]
+        self.db = app.extensions["tally.db"]
+        self.client = app.extensions["tally.claude"]
+        self.relay = app.extensions.get("tally.relay")
+        self.authorization = authorization
+        self.user = None
+        self.pending = {}  # message id -> session id, until the worker saved it
+
+    def send(self, kind, **fields):
+        self.ws.send(json.dumps({"type": kind, **fields}))
+
+    def error(self, code, message):
+        self.send("error", code=code, message=message)
+
+    def serve(self):
+        if not self.authenticate():
+            return
+        window = context_window(self.settings.model)
+        self.send(
+            "ready",
+            user={"id": self.user_id, "username": self.username},
+            model=self.settings.model,
+            context_window=window,
+            simulated=self.settings.simulated,
+        )
+        while True:
+            raw = self.ws.receive(timeout=IDLE_POLL)
+            if raw is None:
+                self.report_saves()
+            else:
+                self.handle(raw)
+
+    def authenticate(self):
+        token = self._header_token() or self._first_frame_token()
+        try:
+            with unit_of_work(self.db) as session:
+                user = user_from_token(session, token)
+                self.user_id, self.username = user.id, user.username
+        except NotAuthenticated as exc:
+            log.info("chat socket refused: %s", exc)
+            self.error("unauthorized", str(exc))
+            self.ws.close(CLOSE_UNAUTHORIZED, "unauthorized")
+            return False
+        return True
+
+    def _header_token(self):
+        scheme, _, token = (self.authorization or "").partition(" ")
+        return token.strip() if scheme.lower() == "bearer" else None
+
+    def _first_frame_token(self):
+        frame = _parse(self.ws.receive(timeout=AUTH_TIMEOUT))
+        if isinstance(frame, dict) and frame.get("type") == "auth":
+            return frame.get("token")
+        return None
+
+    def handle(self, raw):
+        frame = _parse(raw)
+        if not isinstance(frame, dict):
+            self.error("bad_frame", 'frames are JSON objects with a "type"')
+        elif frame.get("type") == "chat":
+            self.chat(frame)
+        elif frame.get("type") == "auth":
+            pass  # already signed in on this socket
+        else:
+            self.error("bad_frame", f"unknown frame type {frame.get('type')!r}")
+
+    def chat(self, frame):
+        text, session_id = frame.get("text"), frame.get("session_id")
+        if not isinstance(text, str) or not text.strip():
+            return self.error("bad_frame", 'a chat frame needs a non-empty "text"')
+        try:
+            chat_session_id, messages = self._open(session_id)
+        except history.SessionNotFound:
+            return self.error("not_found", "no such session")
+        messages.append({"role": "user", "content": text})
+        result = run_call(
+            self.client,
+            model=self.settings.model,
+            max_tokens=self.settings.max_tokens,
+            messages=messages,
+            on_event=self._relay_event(chat_session_id),
+        )
+        self.finish(chat_session_id, text, result)
+
+    def _open(self, session_id):
+        with unit_of_work(self.db) as session:
+            chat = history.open_session(
+                session, self.user_id, session_id, self.settings.model
+            )
+            return chat.id, history.messages_for(session, chat.id)
+
+    def _relay_event(self, chat_session_id):
+        window = {}
+
+        def on_event(kind, meter, text):
+            if not self.ws.connected:
+                raise ClientGone
+            if kind == "start":
+                window["size"] = context_window(meter.model)
+                self.send(
+                    "start",
+                    session_id=chat_session_id,
+                    message_id=meter.message_id,
+                    model=meter.model,
+                )
+            if kind in ("start", "usage"):
+                self.send(
+                    "token_update",
+                    message_id=meter.message_id,
+                    **meter.snapshot(window["size"]),
+                )
+            elif kind in ("text", "thinking"):
+                self.send(kind, text=text)
+
+        return on_event
+
+    def finish(self, chat_session_id, text, result):
+        if not result.billed:
+            return self.error(result.error_code or "upstream", result.error)
+        # A chat call is keyed by its message id alone; the request id is logged.
+        call = result.meter.to_call(user_id=self.user_id, session_id=chat_session_id)
+        with unit_of_work(self.db) as session:
+            if result.error is None:
+                history.add_exchange(
+                    session, chat_session_id, text, result.text, call.message_id
+                )
+            outbox.add(session, call)
+        if self.relay is not None:
+            self.relay.wake()
+        log.info(
+            "usage %s (request %s) for session %s: %d in / %d out%s",
+            call.message_id,
+            result.request_id or "-",
+            chat_session_id,
+            call.input_tokens,
+            call.output_tokens,
+            " (partial)" if call.partial else "",
+        )
+        self.pending[call.message_id] = (chat_session_id, price_call(call).cost)
+        if result.error_code == "client_gone":
+            return
+        if result.error is not None:
+            self.error(result.error_code, result.error)
+        self._send_end(call, result, chat_session_id)
+
+    def _send_end(self, call, result, chat_session_id):
+        cost = self.pending[call.message_id][1]
+        self.send(
+            "end",
+            message_id=call.message_id,
+            stop_reason=result.meter.stop_reason,
+            usage=result.meter.snapshot(context_window(call.model)),
+            cost=money(cost),
+            session_cost=money(self._session_cost(chat_session_id)),
+            partial=call.partial,
+            saved=False,
+        )
+
+    def _session_cost(self, chat_session_id):
+        """Saved cost of the session plus this socket's calls not yet saved."""
+        with unit_of_work(self.db) as session:
+            saved = session.scalar(
+                select(SessionUsage.cost).where(
+                    SessionUsage.session_id == chat_session_id
+                )
+            ) or Decimal(0)
+        unsaved = (
+            cost or 0 for sid, cost in self.pending.values() if sid == chat_session_id
+        )
+        return saved + sum(unsaved, Decimal(0))
+
+    def report_saves(self):
+        if not self.pending:
+            return
+        with unit_of_work(self.db) as session:
+            saved = session.execute(
+                select(
+                    UsageRecord.message_id, UsageRecord.session_id, UsageRecord.cost
+                ).where(UsageRecord.message_id.in_(list(self.pending)))
+            ).all()
+            totals = {
+                row.session_id: _session_totals(session, row.session_id)
+                for row in saved
+            }
+        for message_id, session_id, cost in saved:
+            self.pending.pop(message_id, None)
+            self.send(
+                "usage_saved",
+                message_id=message_id,
+                cost=money(cost),
+                session=totals[session_id],
+            )
+
+
+def _session_totals(session, session_id):
+    row = session.get(SessionUsage, session_id)
+    return {
+        "calls": row.calls,
+        "cost": money(row.cost),
+        "input_tokens": row.input_tokens,
+        "output_tokens": row.output_tokens,
+        "cache_creation_tokens": row.cache_creation_tokens,
+        "cache_read_tokens": row.cache_read_tokens,
+    }
+
+
+def _parse(raw):
+    if not isinstance(raw, str):
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None

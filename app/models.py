@@ -1,0 +1,175 @@
+"""Tables. Words follow the README's glossary: user, session, call, usage record."""
+
+from datetime import UTC, date, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base, Money
+
+
+def utcnow():
+    return datetime.now(UTC)
+
+
+class UTCDateTime(DateTime):
+    """Timezone-aware timestamps; SQLite hands them back naive, so mark them UTC."""
+
+    def __init__(self):
+        super().__init__(timezone=True)
+
+    def result_processor(self, dialect, coltype):
+        parent = super().result_processor(dialect, coltype)
+
+        def process(value):
+            if parent is not None:
+                value = parent(value)
+            if value is not None and value.tzinfo is None:
+                value = value.replace(tzinfo=UTC)
+            return value
+
+        return process
+
+
+def tokens(**kwargs):
+    return mapped_column(BigInteger, nullable=False, default=0, **kwargs)
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(80), unique=True)
+    role: Mapped[str] = mapped_column(String(16), default="user")
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ChatSession(Base):
+    """A conversation in the chat page; its turns are the history sent to Claude."""
+
+    __tablename__ = "chat_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    model: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ChatTurn(Base):
+    __tablename__ = "chat_turns"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("chat_sessions.id"), index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    # JSON text of the Messages API content (a string or a list of blocks).
+    content: Mapped[str] = mapped_column(Text)
+    message_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class UsageRecord(Base):
+    """The ledger: one row per billed Claude call, never updated by a retry."""
+
+    __tablename__ = "usage_records"
+    __table_args__ = (UniqueConstraint("message_id", "request_id"),)
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True
+    )
+    message_id: Mapped[str] = mapped_column(String(128))
+    request_id: Mapped[str] = mapped_column(String(128), default="")
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    session_id: Mapped[str] = mapped_column(String(64), index=True)
+    model: Mapped[str] = mapped_column(String(128))
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    input_tokens: Mapped[int] = tokens()
+    output_tokens: Mapped[int] = tokens()
+    cache_creation_tokens: Mapped[int] = tokens()
+    cache_creation_1h_tokens: Mapped[int] = tokens()
+    cache_read_tokens: Mapped[int] = tokens()
+    thinking_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    web_search_requests: Mapped[int] = tokens()
+    web_fetch_requests: Mapped[int] = tokens()
+    service_tier: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    inference_geo: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    speed: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    partial: Mapped[bool] = mapped_column(Boolean, default=False)
+    source: Mapped[str] = mapped_column(String(16), default="chat")
+    cost: Mapped[object | None] = mapped_column(Money(), nullable=True)
+    price_ref: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    saved_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class SessionUsage(Base):
+    """Running totals of one session: always the sum of its ledger rows."""
+
+    __tablename__ = "session_usage"
+
+    session_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    calls: Mapped[int] = tokens()
+    unpriced_calls: Mapped[int] = tokens()
+    input_tokens: Mapped[int] = tokens()
+    output_tokens: Mapped[int] = tokens()
+    cache_creation_tokens: Mapped[int] = tokens()
+    cache_read_tokens: Mapped[int] = tokens()
+    web_search_requests: Mapped[int] = tokens()
+    cost: Mapped[object] = mapped_column(Money(), default=0)
+    first_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class DailyUsage(Base):
+    """Running totals of one user, one UTC day and one model."""
+
+    __tablename__ = "daily_usage"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    calls: Mapped[int] = tokens()
+    unpriced_calls: Mapped[int] = tokens()
+    input_tokens: Mapped[int] = tokens()
+    output_tokens: Mapped[int] = tokens()
+    cache_creation_tokens: Mapped[int] = tokens()
+    cache_read_tokens: Mapped[int] = tokens()
+    web_search_requests: Mapped[int] = tokens()
+    cost: Mapped[object] = mapped_column(Money(), default=0)
+
+
+class OutboxEntry(Base):
+    """A usage record waiting to reach the broker; kept until it was handed over."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_id: Mapped[str] = mapped_column(String(128), index=True)
+    payload: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(
+        UTCDateTime(), nullable=True, index=True
+    )
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class DeadLetter(Base):
+    """A payload whose retries ran out; `flask usage replay` saves it later."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    payload: Mapped[str] = mapped_column(Text)
+    error: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    replayed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -1,0 +1,114 @@
+"""The outbox: usage records wait here, in the database, until the worker saved them.
+
+The chat commits a record's outbox entry together with the turn it belongs to. The
+relay hands entries to the broker in batches; the worker deletes an entry in the
+same transaction that saves its record. An entry handed over but still here after
+``resend_after`` seconds is sent again, which the ledger's unique key makes harmless.
+"""
+
+import json
+import logging
+import threading
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func, or_, select
+
+from app.db import unit_of_work
+from app.models import DeadLetter, OutboxEntry
+
+log = logging.getLogger(__name__)
+
+
+def add(session, call):
+    payload = json.dumps(call.to_payload())
+    session.add(OutboxEntry(message_id=call.message_id, payload=payload))
+
+
+def health(session, now=None):
+    """Outbox depth, dead letters and the age of the oldest unsaved record."""
+    now = now or datetime.now(UTC)
+    depth, oldest = session.execute(
+        select(func.count(OutboxEntry.id), func.min(OutboxEntry.created_at))
+    ).one()
+    dead = session.scalar(
+        select(func.count(DeadLetter.id)).where(DeadLetter.replayed_at.is_(None))
+    )
+    if oldest is not None and oldest.tzinfo is None:
+        oldest = oldest.replace(tzinfo=UTC)
+    age = (now - oldest).total_seconds() if oldest else 0.0
+    return {"outbox_depth": depth, "dead_letters": dead, "oldest_unsaved_seconds": age}
+
+
+class Relay:
+    """Moves outbox entries to the broker from a background thread."""
+
+    def __init__(
+        self, session_factory, send, *, interval=5.0, resend_after=300.0, batch_size=500
+    ):
+        self.session_factory = session_factory
+        self.send = send
+        self.interval = interval
+        self.resend_after = timedelta(seconds=resend_after)
+        self.batch_size = batch_size
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = None
+
+    def start(self):
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="outbox-relay", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self):
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def wake(self):
+        self._wake.set()
+
+    def _run(self):
+        while not self._stop.is_set():
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            try:
+                while self.run_once() == self.batch_size:
+                    pass
+            except Exception:
+                # The relay must outlive a broken database or broker: the
+                # entries stay in the outbox and the next tick tries again.
+                log.exception("outbox relay: tick failed, will retry")
+
+    def run_once(self, now=None):
+        """Send one batch of due entries; return how many were handed over."""
+        now = now or datetime.now(UTC)
+        with unit_of_work(self.session_factory) as session:
+            entries = session.scalars(self._due(session, now)).all()
+            if not entries:
+                return 0
+            self.send([json.loads(entry.payload) for entry in entries])
+            for entry in entries:
+                entry.sent_at = now
+                entry.attempts += 1
+        log.info("outbox relay: handed %d records to the broker", len(entries))
+        return len(entries)
+
+    def _due(self, session, now):
+        due = (
+            select(OutboxEntry)
+            .where(
+                or_(
+                    OutboxEntry.sent_at.is_(None),
+                    OutboxEntry.sent_at < now - self.resend_after,
+                )
+            )
+            .order_by(OutboxEntry.id)
+            .limit(self.batch_size)
+        )
+        if session.get_bind().dialect.name == "postgresql":
+            # Several web processes may relay at once: each takes other rows.
+            due = due.with_for_update(skip_locked=True)
+        return due

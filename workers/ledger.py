@@ -1,0 +1,153 @@
+"""Write usage records to the ledger and add the new ones to the running totals.
+
+Everything happens in the caller's transaction: a record is either in the ledger
+and in its session and daily rows, or in none of them.
+"""
+
+import logging
+from collections import defaultdict
+from decimal import Decimal
+
+from sqlalchemy import delete, func
+from sqlalchemy.dialects import postgresql, sqlite
+
+from app.models import DailyUsage, OutboxEntry, SessionUsage, UsageRecord
+from app.usage.pricing import price_call
+
+log = logging.getLogger(__name__)
+
+SUMMED = (
+    "calls",
+    "unpriced_calls",
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_tokens",
+    "cache_read_tokens",
+    "web_search_requests",
+    "cost",
+)
+
+
+def save_calls(session, calls):
+    """Save ``CallUsage`` records once each; return the keys that were new."""
+    calls = _unique(calls)
+    if not calls:
+        return []
+    rows = [_ledger_row(call) for call in calls]
+    new_keys = _insert_new(session, rows)
+    new_rows = [
+        row for row in rows if (row["message_id"], row["request_id"]) in new_keys
+    ]
+    _add_to_totals(session, new_rows)
+    _clear_outbox(session, [row["message_id"] for row in rows])
+    log.info(
+        "usage batch: %d records, %d new, %d already saved",
+        len(rows),
+        len(new_rows),
+        len(rows) - len(new_rows),
+    )
+    return sorted(new_keys)
+
+
+def _unique(calls):
+    seen = {}
+    for call in calls:
+        seen.setdefault(call.key, call)
+    return list(seen.values())
+
+
+def _ledger_row(call):
+    price = price_call(call)
+    row = call.to_payload()
+    row.update(occurred_at=call.occurred_at, cost=price.cost, price_ref=price.ref)
+    return row
+
+
+def _insert(session, table):
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+def _insert_new(session, rows):
+    table = UsageRecord.__table__
+    stmt = (
+        _insert(session, table)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=["message_id", "request_id"])
+        .returning(table.c.message_id, table.c.request_id)
+    )
+    return {tuple(r) for r in session.execute(stmt)}
+
+
+def _add_to_totals(session, rows):
+    by_session, by_day = defaultdict(_totals), defaultdict(_totals)
+    for row in rows:
+        by_session[(row["session_id"], row["user_id"])] = _plus(
+            by_session[(row["session_id"], row["user_id"])], row
+        )
+        day = row["occurred_at"].date()
+        by_day[(row["user_id"], day, row["model"])] = _plus(
+            by_day[(row["user_id"], day, row["model"])], row
+        )
+    # A fixed order keeps two workers from locking the same rows crosswise.
+    for (session_id, user_id), totals in sorted(by_session.items()):
+        _upsert(
+            session,
+            SessionUsage,
+            ["session_id"],
+            dict(totals, session_id=session_id, user_id=user_id),
+        )
+    for (user_id, day, model), totals in sorted(by_day.items()):
+        _upsert(
+            session,
+            DailyUsage,
+            ["user_id", "day", "model"],
+            dict(totals, user_id=user_id, day=day, model=model),
+        )
+
+
+def _totals():
+    return dict.fromkeys(SUMMED, 0) | {"cost": Decimal(0)}
+
+
+def _plus(totals, row):
+    out = dict(totals)
+    out["calls"] += 1
+    if row["cost"] is None:
+        out["unpriced_calls"] += 1
+    else:
+        out["cost"] += row["cost"]
+    for name in SUMMED[2:-1]:
+        out[name] += row[name]
+    at = row["occurred_at"]
+    out["first_at"] = min(out.get("first_at", at), at)
+    out["last_at"] = max(out.get("last_at", at), at)
+    return out
+
+
+def _upsert(session, model, keys, values):
+    table = model.__table__
+    if model is DailyUsage:
+        values = {k: v for k, v in values.items() if k not in ("first_at", "last_at")}
+    stmt = _insert(session, table).values(values)
+    update = {name: table.c[name] + stmt.excluded[name] for name in SUMMED}
+    if model is SessionUsage:
+        update["first_at"] = _least(session, table.c.first_at, stmt.excluded.first_at)
+        update["last_at"] = _greatest(session, table.c.last_at, stmt.excluded.last_at)
+    session.execute(stmt.on_conflict_do_update(index_elements=keys, set_=update))
+
+
+def _least(session, a, b):
+    # SQLite's two-argument min() is PostgreSQL's least().
+    sqlite_db = session.get_bind().dialect.name == "sqlite"
+    return func.min(a, b) if sqlite_db else func.least(a, b)
+
+
+def _greatest(session, a, b):
+    sqlite_db = session.get_bind().dialect.name == "sqlite"
+    return func.max(a, b) if sqlite_db else func.greatest(a, b)
+
+
+def _clear_outbox(session, message_ids):
+    """The record is saved: its outbox entry, if any, has done its job."""
+    session.execute(delete(OutboxEntry).where(OutboxEntry.message_id.in_(message_ids)))
