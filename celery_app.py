@@ -9,7 +9,6 @@ from celery import Celery
 from app import config
 
 SAVE_USAGE = "tally.save_usage"
-USAGE_QUEUE = "tally.usage"
 
 
 def make_celery(settings=None):
@@ -19,7 +18,7 @@ def make_celery(settings=None):
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,
-        task_default_queue=USAGE_QUEUE,
+        task_default_queue=settings.queue,
         # Idempotent saves make redelivery safe, so a killed worker loses nothing.
         task_acks_late=True,
         task_reject_on_worker_lost=True,

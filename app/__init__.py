@@ -39,15 +39,19 @@ def create_app(settings=None, *, celery=None):
 
 
 def _register(app):
+    from app.api import bp as api_bp
+    from app.auth.cli import users_cli
     from app.auth.routes import bp as auth_bp
     from app.chat.routes import bp as chat_bp
     from app.usage.cli import usage_cli
     from app.usage.routes import bp as usage_bp
 
+    app.register_blueprint(api_bp)
     app.register_blueprint(auth_bp)
     app.register_blueprint(chat_bp)
     app.register_blueprint(usage_bp)
     app.cli.add_command(usage_cli)
+    app.cli.add_command(users_cli)
 
     @app.errorhandler(413)
     def too_large(_error):

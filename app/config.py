@@ -44,6 +44,7 @@ class Settings:
     max_tokens: int
     max_message_bytes: int
     outbox_relay_seconds: int
+    queue: str
     data_dir: Path
     extra: dict = field(default_factory=dict)
 
@@ -78,6 +79,7 @@ def load(env=None):
         max_tokens=_int(env, "TALLY_MAX_TOKENS", 4096),
         max_message_bytes=_int(env, "TALLY_MAX_MESSAGE_BYTES", 64 * 1024),
         outbox_relay_seconds=_int(env, "TALLY_OUTBOX_RELAY_SECONDS", 5),
+        queue=env.get("TALLY_QUEUE", "tally.usage"),
         data_dir=data_dir,
     )
     return _check_secret(settings)

@@ -92,7 +92,7 @@ def db(pg_engine):
 @pytest.fixture(scope="session")
 def broker_url():
     client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
+    assert client.ping()
     client.close()
     return REDIS_URL
 
@@ -124,6 +124,8 @@ def settings(pg_url, broker_url, simulator):
         "TALLY_ANTHROPIC_BASE_URL": simulator.url,
         "TALLY_MODEL": "claude-sonnet-4-5",
         "TALLY_OUTBOX_RELAY_SECONDS": "1",
+        # A queue of its own, so test runs side by side never take each other's tasks.
+        "TALLY_QUEUE": f"tally.test.{uuid.uuid4().hex[:8]}",
     }
     return config.load(env)
 
@@ -135,6 +137,7 @@ def worker_env(settings, **extra):
         DATABASE_URL=settings.database_url,
         CELERY_BROKER_URL=settings.broker_url,
         TALLY_JWT_SECRET=settings.jwt_secret,
+        TALLY_QUEUE=settings.queue,
         PYTHONPATH=str(ROOT),
         **extra,
     )
