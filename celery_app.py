@@ -24,14 +24,20 @@ def make_celery(settings=None):
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=4,
         broker_connection_retry_on_startup=True,
-        # The sender keeps an outbox: a publish that fails fast is retried later,
-        # a publish that hangs would hold up the relay.
-        broker_transport_options={"socket_timeout": 5, "socket_connect_timeout": 5},
+        broker_transport_options=_transport_options(settings.broker_url),
         task_publish_retry_policy={"max_retries": 1, "interval_start": 0.2},
         worker_hijack_root_logger=False,
     )
     celery.conf.tally_settings = settings
     return celery
+
+
+def _transport_options(broker_url):
+    if broker_url.startswith(("redis://", "rediss://")):
+        # The sender keeps an outbox: a publish that fails fast is retried
+        # later, a publish that hangs would hold up the relay.
+        return {"socket_timeout": 5, "socket_connect_timeout": 5}
+    return {}
 
 
 celery = make_celery()

@@ -1,0 +1,209 @@
+"""Run the whole of Tally on one machine: the page, the worker and, without an API
+key, the Claude simulator. ``scripts/run`` calls this after setting things up.
+"""
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+from app import config
+
+log = logging.getLogger("tally.runner")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main(argv=None):
+    args = _parse(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    settings = config.load()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    migrate(settings.database_url)
+    env = dict(os.environ, TALLY_DATA_DIR=str(settings.data_dir))
+    procs = []
+    try:
+        if settings.simulated and not settings.anthropic_base_url:
+            url = _start_simulator(procs, env)
+            env["TALLY_ANTHROPIC_BASE_URL"] = url
+            settings = replace(settings, anthropic_base_url=url)
+        _start(procs, "worker", _worker_command(settings, args.workers), env)
+        if args.flower:
+            _start(
+                procs,
+                "flower",
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "celery_app",
+                    "flower",
+                    "--address=127.0.0.1",
+                    "--port=5555",
+                ],
+                env,
+            )
+        _start(procs, "web", _web_command(args), env)
+        _announce(args, settings)
+        return _supervise(procs)
+    finally:
+        _stop_all(procs)
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser(prog="scripts/run", description=__doc__)
+    parser.add_argument("--host", default=os.environ.get("TALLY_HOST", "127.0.0.1"))
+    parser.add_argument(
+        "--port", type=int, default=int(os.environ.get("TALLY_PORT", "5000"))
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=64,
+        help="websocket chats one web process serves at once",
+    )
+    parser.add_argument("--workers", type=int, default=2, help="worker concurrency")
+    parser.add_argument(
+        "--flower", action="store_true", help="also start Flower on :5555"
+    )
+    return parser.parse_args(argv)
+
+
+def migrate(database_url):
+    """Bring the database schema up to date (``alembic upgrade head``)."""
+    cfg = Config(str(ROOT / "alembic.ini"))
+    cfg.set_main_option("sqlalchemy.url", database_url)
+    command.upgrade(cfg, "head")
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start_simulator(procs, env):
+    port = _free_port()
+    # A short pause between events lets the reply stream in as Claude's would.
+    argv = [
+        sys.executable,
+        "-m",
+        "app.simulator",
+        "--port",
+        str(port),
+        "--delay-ms",
+        "30",
+    ]
+    _start(procs, "simulator", argv, env)
+    url = f"http://127.0.0.1:{port}"
+    _wait_listening(port)
+    return url
+
+
+def _wait_listening(port, timeout=20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise SystemExit(f"the simulator did not start on port {port}")
+
+
+def _worker_command(settings, concurrency):
+    # SQLite takes one writer at a time: a single solo worker is enough there.
+    sqlite = settings.database_url.startswith("sqlite")
+    pool = (
+        ["--pool", "solo"]
+        if sqlite
+        else ["--pool", "threads", "--concurrency", str(concurrency)]
+    )
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "celery_app",
+        "worker",
+        "--loglevel",
+        "INFO",
+        *pool,
+    ]
+
+
+def _web_command(args):
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--worker-class",
+        "gthread",
+        "--workers",
+        "1",
+        "--threads",
+        str(args.threads),
+        "--bind",
+        f"{args.host}:{args.port}",
+        "--access-logfile",
+        "-",
+        "wsgi:app",
+    ]
+
+
+def _start(procs, name, argv, env):
+    log.info("starting %s: %s", name, " ".join(argv))
+    procs.append((name, subprocess.Popen(argv, cwd=ROOT, env=env)))
+
+
+def _announce(args, settings):
+    where = f"http://{args.host}:{args.port}"
+    claude = (
+        "simulated Claude (no ANTHROPIC_API_KEY)"
+        if settings.simulated
+        else "the Anthropic API"
+    )
+    log.info(
+        "Tally is up at %s, talking to %s; database %s; Ctrl-C stops it",
+        where,
+        claude,
+        settings.database_url,
+    )
+
+
+def _supervise(procs):
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        while True:
+            for name, proc in procs:
+                if proc.poll() is not None:
+                    log.error(
+                        "%s exited with code %s; stopping Tally", name, proc.returncode
+                    )
+                    return 1
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _stop_all(procs):
+    for _name, proc in reversed(procs):
+        if proc.poll() is None:
+            proc.terminate()
+    for _name, proc in procs:
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
