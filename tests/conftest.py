@@ -22,7 +22,12 @@ from sqlalchemy import create_engine, text
 from werkzeug.serving import make_server
 
 from app import config, create_app
-from app.simulator.server import create_simulator, requests_served, serve_in_thread
+from app.simulator.server import (
+    create_simulator,
+    requests_served,
+    serve_in_thread,
+    streams_abandoned,
+)
 from celery_app import make_celery
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,6 +109,9 @@ class Simulator:
 
     def requests_served(self):
         return requests_served(self.app)
+
+    def streams_abandoned(self):
+        return streams_abandoned(self.app)
 
 
 @pytest.fixture(scope="session")

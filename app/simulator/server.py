@@ -48,6 +48,7 @@ FAULTS = {
 MIDSTREAM_FAULTS = ("error-midstream", "drop")
 
 Served = namedtuple("Served", "path model directive")
+_LOCK = threading.Lock()
 
 
 class SimulatorError(Exception):
@@ -74,6 +75,7 @@ def create_simulator(streams_dir=None, delay_ms=0.0):
         SIM_STREAMS_DIR=Path(streams_dir) if streams_dir else None,
         SIM_DELAY_MS=float(delay_ms),
         SIM_REQUESTS=[],
+        SIM_ABANDONED=0,
     )
     app.register_error_handler(SimulatorError, _simulator_error)
     app.register_error_handler(HTTPException, _http_error)
@@ -361,7 +363,25 @@ def _event(kind, **fields):
 
 def _sse_response(chunks, delay_ms):
     body = _paced(chunks, delay_ms) if delay_ms else _coalesced(chunks)
+    body = _watched(body, current_app.config)
     return Response(body, content_type="text/event-stream; charset=utf-8")
+
+
+def _watched(body, app_config):
+    """Count streams the client hung up on before their last event."""
+    finished = False
+    try:
+        yield from body
+        finished = True
+    finally:
+        if not finished:
+            with _LOCK:
+                app_config["SIM_ABANDONED"] += 1
+
+
+def streams_abandoned(app):
+    """How many streamed replies the client closed before they ended."""
+    return app.config["SIM_ABANDONED"]
 
 
 def _paced(chunks, delay_ms):

@@ -1,0 +1,93 @@
+"""What a broken stream costs is still recorded, and the user is told what broke."""
+
+from decimal import Decimal
+
+from sqlalchemy import text
+
+from tests.conftest import wait_for
+
+
+def ledger(db):
+    with db.connect() as conn:
+        return [
+            dict(r._mapping)
+            for r in conn.execute(text("SELECT * FROM usage_records ORDER BY id"))
+        ]
+
+
+def input_estimate(prompt):
+    # The simulator bills ceil(characters / 4) input tokens for a one-turn prompt.
+    return -(-len(prompt) // 4)
+
+
+def test_closing_the_tab_stops_claude_and_bills_what_was_used(
+    worker, chat_client, simulator, db
+):
+    prompt = "tokens:3000 delay:5 tell me a long story"
+    client = chat_client("alice")
+    abandoned = simulator.streams_abandoned()
+    client.send(type="chat", text=prompt, session_id=None)
+    client.until("text")
+    client.close()
+
+    # The route noticed and closed the upstream stream long before its end.
+    wait_for(
+        lambda: simulator.streams_abandoned() == abandoned + 1,
+        message="the simulator's stream to be closed by the route",
+    )
+    (record,) = wait_for(lambda: ledger(db), message="the partial record saved")
+    assert record["partial"] is True
+    assert record["input_tokens"] == input_estimate(prompt)
+    # No message_delta arrived: the start's placeholder output is not billed.
+    assert record["output_tokens"] == 0
+    assert record["cost"] == Decimal(input_estimate(prompt)) * Decimal("0.000003")
+
+
+def test_an_error_event_mid_reply_is_shown_and_the_input_still_billed(
+    worker, chat_client, db
+):
+    prompt = "fault:error-midstream please"
+    client = chat_client("alice")
+    frames = client.chat(prompt)
+
+    error = next(f for f in frames if f["type"] == "error")
+    assert error["code"] == "overloaded_error"
+    assert "Overloaded" in error["message"]
+    assert frames[-1]["partial"] is True
+    client.until("usage_saved")
+    (record,) = ledger(db)
+    assert (record["partial"], record["input_tokens"], record["output_tokens"]) == (
+        True,
+        input_estimate(prompt),
+        0,
+    )
+
+
+def test_a_dropped_connection_is_reported_and_recorded_partial(worker, chat_client, db):
+    client = chat_client("alice")
+    frames = client.chat("fault:drop now")
+
+    error = next(f for f in frames if f["type"] == "error")
+    assert error["code"] == "incomplete"
+    assert [f["text"] for f in frames if f["type"] == "text"] == [
+        "Simulated",
+        " reply.",
+        " You",
+    ]
+    client.until("usage_saved")
+    assert [r["partial"] for r in ledger(db)] == [True]
+
+
+def test_a_refusal_before_the_stream_bills_nothing(chat_client, simulator, db):
+    client = chat_client("alice")
+    before = simulator.requests_served()
+    client.send(type="chat", text="fault:529 hello", session_id=None)
+    error = client.until("error")[-1]
+
+    assert error["code"] == "overloaded_error"
+    assert "529" in error["message"]
+    # The SDK tried three times (max_retries=2), then the user was told.
+    assert simulator.requests_served() == before + 3
+    assert ledger(db) == []
+    frames = client.chat("and now a normal message")
+    assert frames[-1]["type"] == "end" and frames[-1]["partial"] is False
