@@ -4,7 +4,8 @@ from decimal import Decimal
 
 from sqlalchemy import text
 
-from tests.conftest import wait_for
+from app import create_app
+from tests.conftest import ChatClient, LiveServer, login, wait_for
 
 
 def ledger(db):
@@ -91,3 +92,37 @@ def test_a_refusal_before_the_stream_bills_nothing(chat_client, simulator, db):
     assert ledger(db) == []
     frames = client.chat("and now a normal message")
     assert frames[-1]["type"] == "end" and frames[-1]["partial"] is False
+
+
+def test_a_dead_lettered_call_shows_as_such_until_replayed(settings, db):
+    # No relay here: the record stays in the outbox as if the broker never took it.
+    app = create_app(settings)
+    server = LiveServer(app)
+    try:
+        token = login(app, "dora")["access_token"]
+        client = ChatClient(server.ws_url, token=token)
+        client.receive()
+        end = client.chat("replay:01_text_claude-sonnet-4-5.sse")[-1]
+        with db.begin() as conn:
+            payload = conn.execute(text("SELECT payload FROM outbox")).scalar_one()
+            conn.execute(
+                text(
+                    "INSERT INTO dead_letters (payload, error, created_at) "
+                    "VALUES (:p, 'simulated: retries ran out', now())"
+                ),
+                {"p": payload},
+            )
+
+        status = client.until("usage_status")[-1]
+        assert status == {
+            "type": "usage_status",
+            "message_id": end["message_id"],
+            "status": "dead_letter",
+        }
+        replay = app.test_cli_runner().invoke(args=["usage", "replay"])
+        assert "replayed 1 records (1 new)" in replay.output
+        saved = client.until("usage_saved")[-1]
+        assert saved["cost"] == "0.000135"
+        client.close()
+    finally:
+        server.stop()

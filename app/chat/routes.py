@@ -12,7 +12,7 @@ from app.chat import history
 from app.chat.stream import ClientGone, run_call
 from app.db import unit_of_work
 from app.extensions import sock
-from app.models import SessionUsage, UsageRecord
+from app.models import DeadLetter, SessionUsage, UsageRecord
 from app.usage import outbox
 from app.usage.pricing import context_window, price_call
 
@@ -41,7 +41,8 @@ def chat_socket(ws):
 
 
 def money(value):
-    return None if value is None else str(value)
+    """Exact dollars as the page shows them: no float, no trailing zeros."""
+    return None if value is None else format(Decimal(value).normalize(), "f")
 
 
 class ChatConnection:
@@ -55,7 +56,8 @@ class ChatConnection:
         self.relay = app.extensions.get("tally.relay")
         self.authorization = authorization
         self.user = None
-        self.pending = {}  # message id -> session id, until the worker saved it
+        self.pending = {}  # message id -> (session id, cost) until the worker saved it
+        self.dead = set()  # pending calls already reported as dead letters
 
     def send(self, kind, **fields):
         self.ws.send(json.dumps({"type": kind, **fields}))
@@ -233,6 +235,8 @@ class ChatConnection:
                 row.session_id: _session_totals(session, row.session_id)
                 for row in saved
             }
+            unsaved = set(self.pending) - {row.message_id for row in saved}
+            dead = _dead_lettered(session, unsaved - self.dead)
         for message_id, session_id, cost in saved:
             self.pending.pop(message_id, None)
             self.send(
@@ -241,6 +245,28 @@ class ChatConnection:
                 cost=money(cost),
                 session=totals[session_id],
             )
+        for message_id in dead:
+            self.dead.add(message_id)
+            self.send("usage_status", message_id=message_id, status="dead_letter")
+
+
+def _dead_lettered(session, message_ids):
+    """Which of these calls wait as dead letters (`flask usage replay` saves them)."""
+    if not message_ids:
+        return set()
+    found = set()
+    for message_id in message_ids:
+        needle = json.dumps({"message_id": message_id})[1:-1]
+        hit = session.scalar(
+            select(DeadLetter.id)
+            .where(
+                DeadLetter.replayed_at.is_(None), DeadLetter.payload.contains(needle)
+            )
+            .limit(1)
+        )
+        if hit is not None:
+            found.add(message_id)
+    return found
 
 
 def _session_totals(session, session_id):
