@@ -47,6 +47,21 @@ class Settings:
     queue: str
     data_dir: Path
     extra: dict = field(default_factory=dict)
+    # Seconds before an outbox entry handed to the broker but not saved is resent.
+    outbox_resend_seconds: int = 300
+    # Tokens issued elsewhere (an SSO provider): all four unset means local only.
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_public_key_file: Path | None = None
+    jwt_jwks_file: Path | None = None
+    access_token_minutes: int = 15
+    refresh_token_days: int = 30
+    chats_per_minute: int = 30
+
+    @property
+    def external_tokens(self):
+        """True when tokens from an outside issuer are accepted."""
+        return self.jwt_issuer is not None
 
     @property
     def development(self):
@@ -79,25 +94,71 @@ def load(env=None):
         max_tokens=_int(env, "TALLY_MAX_TOKENS", 4096),
         max_message_bytes=_int(env, "TALLY_MAX_MESSAGE_BYTES", 64 * 1024),
         outbox_relay_seconds=_int(env, "TALLY_OUTBOX_RELAY_SECONDS", 5),
+        outbox_resend_seconds=_positive(env, "TALLY_OUTBOX_RESEND_SECONDS", 300),
         queue=env.get("TALLY_QUEUE", "tally.usage"),
         data_dir=data_dir,
+        jwt_issuer=env.get("TALLY_JWT_ISSUER") or None,
+        jwt_audience=env.get("TALLY_JWT_AUDIENCE") or None,
+        jwt_public_key_file=_path(env, "TALLY_JWT_PUBLIC_KEY_FILE"),
+        jwt_jwks_file=_path(env, "TALLY_JWT_JWKS_FILE"),
+        access_token_minutes=_positive(env, "TALLY_ACCESS_TOKEN_MINUTES", 15),
+        refresh_token_days=_positive(env, "TALLY_REFRESH_TOKEN_DAYS", 30),
+        chats_per_minute=_int(env, "TALLY_CHATS_PER_MINUTE", 30),
     )
+    _check_external(settings)
+    if settings.chats_per_minute < 0:
+        raise ConfigError("TALLY_CHATS_PER_MINUTE must be 0 (no limit) or more")
     return _check_secret(settings)
 
 
+def _path(env, name):
+    raw = env.get(name)
+    return Path(raw) if raw else None
+
+
+def _positive(env, name, default):
+    value = _int(env, name, default)
+    if value < 1:
+        raise ConfigError(f"{name} must be 1 or more, not {value}")
+    return value
+
+
+def _check_external(settings):
+    keys = [settings.jwt_public_key_file, settings.jwt_jwks_file]
+    wanted = [settings.jwt_issuer, settings.jwt_audience, *keys]
+    if not any(wanted):
+        return
+    if not settings.jwt_issuer or not settings.jwt_audience:
+        raise ConfigError(
+            "tokens from another issuer need both TALLY_JWT_ISSUER and "
+            "TALLY_JWT_AUDIENCE; unset all TALLY_JWT_* key settings to use "
+            "local accounts only"
+        )
+    if sum(key is not None for key in keys) != 1:
+        raise ConfigError(
+            "set exactly one of TALLY_JWT_PUBLIC_KEY_FILE (a PEM public key) or "
+            "TALLY_JWT_JWKS_FILE (a local JWKS file) for TALLY_JWT_ISSUER"
+        )
+
+
 def _check_secret(settings):
-    secret = settings.jwt_secret
-    if settings.development and not secret:
+    if settings.development and not settings.jwt_secret:
         # A fresh secret per process is fine for a development login: tokens
         # simply stop working when the server restarts.
         return _replace(settings, jwt_secret=secrets.token_urlsafe(48))
+    require_strong_secret(settings)
+    return settings
+
+
+def require_strong_secret(settings):
+    """Raise ``ConfigError`` unless the JWT secret is long and not a known default."""
+    secret = settings.jwt_secret or ""
     if secret.lower() in WEAK_SECRETS or len(secret) < MIN_SECRET_LENGTH:
         raise ConfigError(
             "TALLY_JWT_SECRET is missing or weak: set it to at least "
             f"{MIN_SECRET_LENGTH} random characters, for example with "
             "`python -c 'import secrets; print(secrets.token_urlsafe(48))'`"
         )
-    return settings
 
 
 def _replace(settings, **changes):

@@ -5,6 +5,7 @@ from datetime import UTC, date, datetime
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     Date,
     DateTime,
     ForeignKey,
@@ -47,12 +48,42 @@ def tokens(**kwargs):
 
 class User(Base):
     __tablename__ = "users"
+    __table_args__ = (
+        CheckConstraint("role IN ('user', 'admin')", name="role"),
+        CheckConstraint("daily_budget >= 0", name="daily_budget_not_negative"),
+        CheckConstraint("monthly_budget >= 0", name="monthly_budget_not_negative"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     username: Mapped[str] = mapped_column(String(80), unique=True)
     role: Mapped[str] = mapped_column(String(16), default="user")
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # NULL: no password sign-in (development or single sign-on accounts).
+    password_hash: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # The `sub` claim of the outside issuer's tokens, for single sign-on accounts.
+    external_subject: Mapped[str | None] = mapped_column(
+        String(255), nullable=True, unique=True
+    )
+    # US dollars per UTC day and month; NULL means no limit.
+    daily_budget: Mapped[object | None] = mapped_column(Money(), nullable=True)
+    monthly_budget: Mapped[object | None] = mapped_column(Money(), nullable=True)
+
+    @property
+    def is_admin(self):
+        return self.role == "admin"
+
+
+class RevokedToken(Base):
+    """A signed-out token, refused until it would have expired anyway."""
+
+    __tablename__ = "revoked_tokens"
+
+    # The token's `jti`, or a digest of the token when the issuer sets none.
+    jti: Mapped[str] = mapped_column(String(255), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    revoked_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class ChatSession(Base):

@@ -3,3 +3,6 @@
 from flask import Blueprint
 
 bp = Blueprint("api", __name__, url_prefix="/api")
+
+# The route modules attach themselves to ``bp``.
+from app.api import openapi, routes  # noqa: E402, F401
