@@ -9,6 +9,7 @@ from app import config
 from app.db import make_engine, make_session_factory
 from app.extensions import jwt, sock
 from app.usage.outbox import Relay
+from app.usage.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,9 @@ def create_app(settings=None, *, celery=None):
         JWT_TOKEN_LOCATION=["headers"],
         MAX_CONTENT_LENGTH=settings.max_message_bytes,
         SOCK_SERVER_OPTIONS={
-            "max_message_size": settings.max_message_bytes,
+            # The protocol's hard cap; a chat text over max_message_bytes gets a
+            # clear error frame instead, and the socket stays open.
+            "max_message_size": 4 * settings.max_message_bytes + 4096,
             "ping_interval": 25,
         },
     )
@@ -30,6 +33,7 @@ def create_app(settings=None, *, celery=None):
     engine = make_engine(settings.database_url)
     app.extensions["tally.db"] = make_session_factory(engine)
     app.extensions["tally.claude"] = claude_client(settings)
+    app.extensions["tally.spool"] = Spool(settings.data_dir / "spool")
     if celery is not None:
         _attach_relay(app, celery, settings)
     jwt.init_app(app)
@@ -65,7 +69,10 @@ def _attach_relay(app, celery, settings):
         celery.send_task(SAVE_USAGE, args=[records])
 
     relay = Relay(
-        app.extensions["tally.db"], send, interval=settings.outbox_relay_seconds
+        app.extensions["tally.db"],
+        send,
+        interval=settings.outbox_relay_seconds,
+        resend_after=settings.outbox_resend_seconds,
     )
     app.extensions["tally.relay"] = relay
     # Started by the first request, not at import: `flask usage …` needs no thread.

@@ -44,6 +44,7 @@ TABLES = (
     "dead_letters",
     "chat_turns",
     "chat_sessions",
+    "revoked_tokens",
     "users",
 )
 
@@ -219,7 +220,10 @@ def celery_sender(settings):
 
 @pytest.fixture
 def app(settings, db, celery_sender):
-    return create_app(settings, celery=celery_sender)
+    app = create_app(settings, celery=celery_sender)
+    yield app
+    # The first request started the outbox relay; it must not outlive the test.
+    app.extensions["tally.relay"].stop()
 
 
 class LiveServer:

@@ -211,8 +211,8 @@ def test_cli_reports_show_the_saved_call(worker, chat_client, app, db):
     assert daily.exit_code == 0, daily.output
     assert daily.output.splitlines() == [
         "day,username,calls,input_tokens,output_tokens,cache_creation_tokens,"
-        "cache_read_tokens,cost",
-        f"{day},alice,1,22397,637,0,0,0.096746",
+        "cache_read_tokens,total_tokens,cost,unpriced_calls",
+        f"{day},alice,1,22397,637,0,0,23034,0.096746,0",
     ]
     assert sessions.exit_code == 0, sessions.output
     assert '"cost": "0.096746"' in sessions.output

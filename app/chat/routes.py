@@ -2,12 +2,17 @@
 
 import json
 import logging
+import time
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from flask import Blueprint, current_app, render_template, request
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 
-from app.auth.identity import NotAuthenticated, user_from_token
+from app.auth.budgets import budget_status, money_text
+from app.auth.identity import NotAuthenticated, token_expires_at, user_from_token
+from app.auth.limits import chat_limits, chat_refusal
 from app.chat import history
 from app.chat.stream import ClientGone, run_call
 from app.db import unit_of_work
@@ -21,6 +26,7 @@ bp = Blueprint("chat", __name__)
 
 AUTH_TIMEOUT = 10
 IDLE_POLL = 0.5
+RECHECK_TOKEN_SECONDS = 5
 CLOSE_UNAUTHORIZED = 4401
 
 
@@ -54,8 +60,11 @@ class ChatConnection:
         self.db = app.extensions["tally.db"]
         self.client = app.extensions["tally.claude"]
         self.relay = app.extensions.get("tally.relay")
+        self.spool = app.extensions["tally.spool"]
         self.authorization = authorization
-        self.user = None
+        self.token = None
+        self.expires_at = None
+        self.checked_at = 0.0
         self.pending = {}  # message id -> (session id, cost) until the worker saved it
         self.dead = set()  # pending calls already reported as dead letters
 
@@ -66,35 +75,50 @@ class ChatConnection:
         self.send("error", code=code, message=message)
 
     def serve(self):
-        if not self.authenticate():
+        if not self.authenticate(self._header_token() or self._first_frame_token()):
             return
-        window = context_window(self.settings.model)
         self.send(
             "ready",
             user={"id": self.user_id, "username": self.username},
             model=self.settings.model,
-            context_window=window,
+            context_window=context_window(self.settings.model),
             simulated=self.settings.simulated,
+            budget=self._budget(),
+            limits=chat_limits(self.settings),
         )
-        while True:
+        while self.still_signed_in():
             raw = self.ws.receive(timeout=IDLE_POLL)
             if raw is None:
                 self.report_saves()
             else:
                 self.handle(raw)
 
-    def authenticate(self):
-        token = self._header_token() or self._first_frame_token()
+    def authenticate(self, token, *, same_user=False):
+        """Check ``token``; on failure tell the client and close the socket."""
         try:
             with unit_of_work(self.db) as session:
                 user = user_from_token(session, token)
+                if same_user and user.id != self.user_id:
+                    raise NotAuthenticated("a token for another user")
                 self.user_id, self.username = user.id, user.username
         except NotAuthenticated as exc:
             log.info("chat socket refused: %s", exc)
             self.error("unauthorized", str(exc))
             self.ws.close(CLOSE_UNAUTHORIZED, "unauthorized")
             return False
+        self.token, self.expires_at = token, token_expires_at(token)
+        self.checked_at = time.monotonic()
         return True
+
+    def still_signed_in(self):
+        """Close the socket once the token expires or is revoked mid-chat."""
+        if self.expires_at is not None and datetime.now(UTC) >= self.expires_at:
+            self.error("unauthorized", "the token has expired: sign in again")
+            self.ws.close(CLOSE_UNAUTHORIZED, "token expired")
+            return False
+        if time.monotonic() - self.checked_at < RECHECK_TOKEN_SECONDS:
+            return True
+        return self.authenticate(self.token, same_user=True)
 
     def _header_token(self):
         scheme, _, token = (self.authorization or "").partition(" ")
@@ -113,7 +137,8 @@ class ChatConnection:
         elif frame.get("type") == "chat":
             self.chat(frame)
         elif frame.get("type") == "auth":
-            pass  # already signed in on this socket
+            # A refreshed token for the same user keeps the socket open.
+            self.authenticate(frame.get("token"), same_user=True)
         else:
             self.error("bad_frame", f"unknown frame type {frame.get('type')!r}")
 
@@ -121,6 +146,17 @@ class ChatConnection:
         text, session_id = frame.get("text"), frame.get("session_id")
         if not isinstance(text, str) or not text.strip():
             return self.error("bad_frame", 'a chat frame needs a non-empty "text"')
+        size, limit = len(text.encode()), self.settings.max_message_bytes
+        if size > limit:
+            return self.error(
+                "too_large", f"the message is {size:,} bytes; the limit is {limit:,}"
+            )
+        if not self.authenticate(self.token, same_user=True):
+            return None
+        with unit_of_work(self.db) as session:
+            refusal = chat_refusal(session, self.user_id)
+        if refusal is not None:
+            return self.error(*refusal)
         try:
             chat_session_id, messages = self._open(session_id)
         except history.SessionNotFound:
@@ -172,14 +208,7 @@ class ChatConnection:
             return self.error(result.error_code or "upstream", result.error)
         # A chat call is keyed by its message id alone; the request id is logged.
         call = result.meter.to_call(user_id=self.user_id, session_id=chat_session_id)
-        with unit_of_work(self.db) as session:
-            if result.error is None:
-                history.add_exchange(
-                    session, chat_session_id, text, result.text, call.message_id
-                )
-            outbox.add(session, call)
-        if self.relay is not None:
-            self.relay.wake()
+        self._keep(call, chat_session_id, text, result)
         log.info(
             "usage %s (request %s) for session %s: %d in / %d out%s",
             call.message_id,
@@ -196,6 +225,38 @@ class ChatConnection:
             self.error(result.error_code, result.error)
         self._send_end(call, result, chat_session_id)
 
+    def _budget(self):
+        """What is left of the user's budgets, as exact dollar strings."""
+        with unit_of_work(self.db) as session:
+            status = budget_status(session, self.user_id, datetime.now(UTC))
+        return {
+            "daily_left": money_text(status["daily_left"]),
+            "monthly_left": money_text(status["monthly_left"]),
+        }
+
+    def _keep(self, call, chat_session_id, text, result):
+        """Commit the record with its turn; spool it to disk if the database fails."""
+        try:
+            with unit_of_work(self.db) as session:
+                if result.error is None:
+                    history.add_exchange(
+                        session, chat_session_id, text, result.text, call.message_id
+                    )
+                outbox.add(session, call)
+        except DBAPIError:
+            log.exception(
+                "usage %s: the database refused the outbox entry", call.message_id
+            )
+            self.spool.append(call)
+            self.error(
+                "database_unavailable",
+                "the database is unavailable: this "
+                "call's usage is kept on disk and saved when it is back",
+            )
+            return
+        if self.relay is not None:
+            self.relay.wake()
+
     def _send_end(self, call, result, chat_session_id):
         cost = self.pending[call.message_id][1]
         self.send(
@@ -211,20 +272,34 @@ class ChatConnection:
 
     def _session_cost(self, chat_session_id):
         """Saved cost of the session plus this socket's calls not yet saved."""
-        with unit_of_work(self.db) as session:
-            saved = session.scalar(
-                select(SessionUsage.cost).where(
-                    SessionUsage.session_id == chat_session_id
-                )
-            ) or Decimal(0)
+        try:
+            saved = self._saved_cost(chat_session_id)
+        except DBAPIError:
+            return None
         unsaved = (
             cost or 0 for sid, cost in self.pending.values() if sid == chat_session_id
         )
         return saved + sum(unsaved, Decimal(0))
 
+    def _saved_cost(self, chat_session_id):
+        with unit_of_work(self.db) as session:
+            saved = session.scalar(
+                select(SessionUsage.cost).where(
+                    SessionUsage.session_id == chat_session_id
+                )
+            )
+        return saved or Decimal(0)
+
     def report_saves(self):
         if not self.pending:
             return
+        try:
+            self._report_saves()
+        except DBAPIError as exc:
+            # The database is away; the saves are reported once it is back.
+            log.debug("cannot check saves of %d calls: %s", len(self.pending), exc)
+
+    def _report_saves(self):
         with unit_of_work(self.db) as session:
             saved = session.execute(
                 select(
@@ -236,6 +311,7 @@ class ChatConnection:
                 for row in saved
             }
             unsaved = set(self.pending) - {row.message_id for row in saved}
+            budget = self._budget() if saved else None
             dead = _dead_lettered(session, unsaved - self.dead)
         for message_id, session_id, cost in saved:
             self.pending.pop(message_id, None)
@@ -244,6 +320,7 @@ class ChatConnection:
                 message_id=message_id,
                 cost=money(cost),
                 session=totals[session_id],
+                budget=budget,
             )
         for message_id in dead:
             self.dead.add(message_id)
