@@ -9,6 +9,7 @@ from sqlalchemy import (
     Date,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -113,7 +114,11 @@ class UsageRecord(Base):
     """The ledger: one row per billed Claude call, never updated by a retry."""
 
     __tablename__ = "usage_records"
-    __table_args__ = (UniqueConstraint("message_id", "request_id"),)
+    __table_args__ = (
+        UniqueConstraint("message_id", "request_id"),
+        # One user's records by time: the reports and the API in any time zone.
+        Index("ix_usage_records_user_id_occurred_at", "user_id", "occurred_at"),
+    )
 
     id: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True
@@ -143,12 +148,18 @@ class UsageRecord(Base):
 
 
 class SessionUsage(Base):
-    """Running totals of one session: always the sum of its ledger rows."""
+    """Running totals of one user's session: always the sum of its ledger rows.
+
+    Keyed by user too: two users' records never share a row, even when an
+    imported transcript gives both the same session id.
+    """
 
     __tablename__ = "session_usage"
 
     session_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id"), primary_key=True, index=True
+    )
     calls: Mapped[int] = tokens()
     unpriced_calls: Mapped[int] = tokens()
     input_tokens: Mapped[int] = tokens()

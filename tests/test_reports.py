@@ -435,7 +435,7 @@ def test_reprice_prices_a_model_once_it_has_a_price(app, db, overrides_file):
         )
         assert record.cost == Decimal("0.01019475")
         assert record.price_ref == f"override {FUTURE}@2026-01-01"
-        session_row = session.get(SessionUsage, "s-1")
+        session_row = session.get(SessionUsage, ("s-1", record.user_id))
         daily_rows = session.scalars(select(DailyUsage).order_by(DailyUsage.model))
         assert [(d.model, d.cost, d.unpriced_calls) for d in daily_rows] == [
             (FUTURE, Decimal("0.01019475"), 0),

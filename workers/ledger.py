@@ -82,28 +82,20 @@ def _insert_new(session, rows):
 def _add_to_totals(session, rows):
     by_session, by_day = defaultdict(_totals), defaultdict(_totals)
     for row in rows:
-        by_session[(row["session_id"], row["user_id"])] = _plus(
-            by_session[(row["session_id"], row["user_id"])], row
-        )
-        day = row["occurred_at"].date()
-        by_day[(row["user_id"], day, row["model"])] = _plus(
-            by_day[(row["user_id"], day, row["model"])], row
-        )
-    # A fixed order keeps two workers from locking the same rows crosswise.
-    for (session_id, user_id), totals in sorted(by_session.items()):
-        _upsert(
-            session,
-            SessionUsage,
-            ["session_id"],
-            dict(totals, session_id=session_id, user_id=user_id),
-        )
-    for (user_id, day, model), totals in sorted(by_day.items()):
-        _upsert(
-            session,
-            DailyUsage,
-            ["user_id", "day", "model"],
-            dict(totals, user_id=user_id, day=day, model=model),
-        )
+        _plus(by_session[(row["session_id"], row["user_id"])], row)
+        _plus(by_day[(row["user_id"], row["occurred_at"].date(), row["model"])], row)
+    # One statement a table; rows in a fixed order keep two workers from
+    # locking the same rows crosswise.
+    sessions = [
+        dict(totals, session_id=session_id, user_id=user_id)
+        for (session_id, user_id), totals in sorted(by_session.items())
+    ]
+    days = [
+        _without_times(totals) | {"user_id": user_id, "day": day, "model": model}
+        for (user_id, day, model), totals in sorted(by_day.items())
+    ]
+    _upsert(session, SessionUsage, ["session_id", "user_id"], sessions)
+    _upsert(session, DailyUsage, ["user_id", "day", "model"], days)
 
 
 def _totals():
@@ -111,25 +103,27 @@ def _totals():
 
 
 def _plus(totals, row):
-    out = dict(totals)
-    out["calls"] += 1
+    totals["calls"] += 1
     if row["cost"] is None:
-        out["unpriced_calls"] += 1
+        totals["unpriced_calls"] += 1
     else:
-        out["cost"] += row["cost"]
+        totals["cost"] += row["cost"]
     for name in SUMMED[2:-1]:
-        out[name] += row[name]
+        totals[name] += row[name]
     at = row["occurred_at"]
-    out["first_at"] = min(out.get("first_at", at), at)
-    out["last_at"] = max(out.get("last_at", at), at)
-    return out
+    totals["first_at"] = min(totals.get("first_at", at), at)
+    totals["last_at"] = max(totals.get("last_at", at), at)
 
 
-def _upsert(session, model, keys, values):
+def _without_times(totals):
+    return {k: v for k, v in totals.items() if k not in ("first_at", "last_at")}
+
+
+def _upsert(session, model, keys, rows):
+    if not rows:
+        return
     table = model.__table__
-    if model is DailyUsage:
-        values = {k: v for k, v in values.items() if k not in ("first_at", "last_at")}
-    stmt = _insert(session, table).values(values)
+    stmt = _insert(session, table).values(rows)
     update = {name: table.c[name] + stmt.excluded[name] for name in SUMMED}
     if model is SessionUsage:
         update["first_at"] = _least(session, table.c.first_at, stmt.excluded.first_at)

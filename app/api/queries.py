@@ -152,21 +152,23 @@ def _session_row(username, row):
     }
 
 
-def session_owner(session, session_id):
-    """The user id a session belongs to, or None when there is no such session."""
-    owner = session.scalar(
-        select(SessionUsage.user_id).where(SessionUsage.session_id == session_id)
-    )
-    if owner is None:
-        owner = session.scalar(
-            select(ChatSession.user_id).where(ChatSession.id == session_id)
-        )
-    return owner
+def session_owner(session, session_id, user_id=None):
+    """The user id a session belongs to, or None when there is no such session.
+
+    ``user_id`` limits the search to that user's sessions (None: anyone's).
+    """
+    usage = select(SessionUsage.user_id).where(SessionUsage.session_id == session_id)
+    chat = select(ChatSession.user_id).where(ChatSession.id == session_id)
+    if user_id is not None:
+        usage = usage.where(SessionUsage.user_id == user_id)
+        chat = chat.where(ChatSession.user_id == user_id)
+    owner = session.scalar(usage.order_by(SessionUsage.user_id).limit(1))
+    return owner if owner is not None else session.scalar(chat)
 
 
 def session_detail(session, session_id, owner_id):
     """The session's totals and its calls in order; zero totals before a save."""
-    row = session.get(SessionUsage, session_id)
+    row = session.get(SessionUsage, (session_id, owner_id))
     username = session.scalar(select(User.username).where(User.id == owner_id))
     calls = session.scalars(
         select(UsageRecord)

@@ -81,9 +81,9 @@ def usage_sessions():
 def usage_session(session_id):
     with unit_of_work(_db()) as session:
         filters = read_filters(session, current_user(), request.args)
-        owner = queries.session_owner(session, session_id)
+        owner = queries.session_owner(session, session_id, filters.user_id)
         # Another user's session looks exactly like one that does not exist.
-        if owner is None or filters.user_id not in (None, owner):
+        if owner is None:
             return error_response(404, "no such session")
         summary, calls = queries.session_detail(session, session_id, owner)
     return jsonify(

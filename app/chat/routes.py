@@ -285,7 +285,8 @@ class ChatConnection:
         with unit_of_work(self.db) as session:
             saved = session.scalar(
                 select(SessionUsage.cost).where(
-                    SessionUsage.session_id == chat_session_id
+                    SessionUsage.session_id == chat_session_id,
+                    SessionUsage.user_id == self.user_id,
                 )
             )
         return saved or Decimal(0)
@@ -304,10 +305,13 @@ class ChatConnection:
             saved = session.execute(
                 select(
                     UsageRecord.message_id, UsageRecord.session_id, UsageRecord.cost
-                ).where(UsageRecord.message_id.in_(list(self.pending)))
+                ).where(
+                    UsageRecord.message_id.in_(list(self.pending)),
+                    UsageRecord.user_id == self.user_id,
+                )
             ).all()
             totals = {
-                row.session_id: _session_totals(session, row.session_id)
+                row.session_id: _session_totals(session, row.session_id, self.user_id)
                 for row in saved
             }
             unsaved = set(self.pending) - {row.message_id for row in saved}
@@ -346,8 +350,8 @@ def _dead_lettered(session, message_ids):
     return found
 
 
-def _session_totals(session, session_id):
-    row = session.get(SessionUsage, session_id)
+def _session_totals(session, session_id, user_id):
+    row = session.get(SessionUsage, (session_id, user_id))
     return {
         "calls": row.calls,
         "cost": money(row.cost),

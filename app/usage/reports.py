@@ -17,7 +17,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Date, cast, func, select
+from sqlalchemy import Date, cast, func, select, tuple_
 
 from app.models import DailyUsage, SessionUsage, UsageRecord, User
 from app.usage.pricing import price_call
@@ -281,7 +281,11 @@ def verify(session):
     r = UsageRecord
     utc = func.timezone("UTC", r.occurred_at) if not _sqlite(session) else r.occurred_at
     checks = [
-        (SessionUsage, ("session_id",), _sums_by(session, r.session_id)),
+        (
+            SessionUsage,
+            ("session_id", "user_id"),
+            _sums_by(session, r.session_id, r.user_id),
+        ),
         (
             DailyUsage,
             ("user_id", "day", "model"),
@@ -357,7 +361,9 @@ def reprice(session, *, dry_run=False):
     for record, price in found:
         record.cost, record.price_ref = price.cost, price.ref
     session.flush()
-    result.sessions = _rederive_sessions(session, {r.session_id for r, _ in found})
+    result.sessions = _rederive_sessions(
+        session, {(r.session_id, r.user_id) for r, _ in found}
+    )
     result.days = _rederive_days(session, {_day_key(r) for r, _ in found})
     log.info(
         "reprice: %d of %d unpriced records priced, $%s",
@@ -386,34 +392,38 @@ def _day_key(record):
     return (record.user_id, record.occurred_at.astimezone(UTC).date(), record.model)
 
 
-def _rederive_sessions(session, session_ids):
-    """Set each session row to the sums of its ledger records."""
+def _rederive_sessions(session, keys):
+    """Set each (session id, user id) row to the sums of its ledger records."""
     s, r = SessionUsage, UsageRecord
     # Locked first, in the worker's order, so that a save waits for this
     # transaction instead of adding to a row about to be overwritten.
-    ids = sorted(session_ids)
+    keys = sorted(keys)
+    pair = tuple_(s.session_id, s.user_id)
     rows = session.scalars(
         _for_update(
-            session, select(s).where(s.session_id.in_(ids)).order_by(s.session_id)
+            session,
+            select(s).where(pair.in_(keys)).order_by(s.session_id, s.user_id),
         )
     ).all()
     sums = {
-        row.session_id: row
+        (row.session_id, row.user_id): row
         for row in session.execute(
             select(
                 r.session_id,
+                r.user_id,
                 func.min(r.occurred_at).label("first_at"),
                 func.max(r.occurred_at).label("last_at"),
                 *_ledger_measures(*KEPT_ONLY),
             )
-            .where(r.session_id.in_(ids))
-            .group_by(r.session_id)
+            .where(tuple_(r.session_id, r.user_id).in_(keys))
+            .group_by(r.session_id, r.user_id)
         )
     }
     for row in rows:
-        _set_sums(row, sums[row.session_id]._mapping)
-        row.first_at = sums[row.session_id].first_at
-        row.last_at = sums[row.session_id].last_at
+        found = sums[(row.session_id, row.user_id)]
+        _set_sums(row, found._mapping)
+        row.first_at = found.first_at
+        row.last_at = found.last_at
     return len(rows)
 
 
