@@ -5,4 +5,4 @@ from flask import Blueprint
 bp = Blueprint("api", __name__, url_prefix="/api")
 
 # The route modules attach themselves to ``bp``.
-from app.api import openapi, routes  # noqa: E402, F401
+from app.api import openapi, routes, savings  # noqa: E402, F401

@@ -343,6 +343,55 @@ PATHS = {
         ),
         FILTERED | {"404": _error("No such session (or not yours).")},
     ),
+    "/api/usage/savings": _get(
+        "What cache reads saved against the full input price, per model: each "
+        "call priced with its cache reads as input, less its price as billed.",
+        FILTERS,
+        _ok(
+            "Models whose calls read the cache, and the savings.",
+            {
+                "type": "object",
+                "properties": {
+                    "filters": _ref("Filters"),
+                    "models": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "model": {"type": "string"},
+                                "calls": {
+                                    "type": "integer",
+                                    "description": "Calls with cache reads.",
+                                },
+                                "unpriced_calls": {
+                                    "type": "integer",
+                                    "description": "Of those, unpriced: no saving.",
+                                },
+                                "cache_read_tokens": {"type": "integer"},
+                                "saved": _ref("Money"),
+                            },
+                            "required": [
+                                "model",
+                                "calls",
+                                "unpriced_calls",
+                                "cache_read_tokens",
+                                "saved",
+                            ],
+                        },
+                    },
+                    "totals": {
+                        "type": "object",
+                        "properties": {
+                            "calls": {"type": "integer"},
+                            "unpriced_calls": {"type": "integer"},
+                            "cache_read_tokens": {"type": "integer"},
+                            "saved": _ref("Money"),
+                        },
+                    },
+                },
+            },
+        ),
+    ),
     "/api/openapi.json": {
         "get": {
             "summary": "This document.",
