@@ -75,6 +75,7 @@ def _attach_relay(app, celery, settings):
         send,
         interval=settings.outbox_relay_seconds,
         resend_after=settings.outbox_resend_seconds,
+        spool=app.extensions["tally.spool"],
     )
     app.extensions["tally.relay"] = relay
     # Started by the first request, not at import: `flask usage …` needs no thread.

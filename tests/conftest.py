@@ -124,9 +124,11 @@ def simulator():
 
 
 @pytest.fixture(scope="session")
-def settings(pg_url, broker_url, simulator):
+def settings(pg_url, broker_url, simulator, tmp_path_factory):
     env = {
         "TALLY_ENV": "test",
+        # The spool of this run, not of the checkout.
+        "TALLY_DATA_DIR": str(tmp_path_factory.mktemp("data")),
         "DATABASE_URL": pg_url,
         "CELERY_BROKER_URL": broker_url,
         "TALLY_JWT_SECRET": JWT_SECRET,

@@ -43,13 +43,21 @@ class Relay:
     """Moves outbox entries to the broker from a background thread."""
 
     def __init__(
-        self, session_factory, send, *, interval=5.0, resend_after=300.0, batch_size=500
+        self,
+        session_factory,
+        send,
+        *,
+        interval=5.0,
+        resend_after=300.0,
+        batch_size=500,
+        spool=None,
     ):
         self.session_factory = session_factory
         self.send = send
         self.interval = interval
         self.resend_after = timedelta(seconds=resend_after)
         self.batch_size = batch_size
+        self.spool = spool
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = None
@@ -75,6 +83,8 @@ class Relay:
             self._wake.wait(self.interval)
             self._wake.clear()
             try:
+                if self.spool is not None:
+                    self.spool.drain(self.session_factory)
                 while self.run_once() == self.batch_size:
                     pass
             except Exception:

@@ -12,4 +12,5 @@ bp = Blueprint("usage", __name__)
 def health():
     with unit_of_work(current_app.extensions["tally.db"]) as session:
         figures = outbox.health(session)
-    return jsonify(status="ok", **figures)
+    spooled = current_app.extensions["tally.spool"].depth()
+    return jsonify(status="ok", spooled=spooled, **figures)
