@@ -46,6 +46,10 @@ def chat_socket(ws):
     ChatConnection(ws, current_app, request.headers.get("Authorization")).serve()
 
 
+class ChatRefused(Exception):
+    """The user may not chat now; the arguments are the error frame's code and text."""
+
+
 def money(value):
     """Exact dollars as the page shows them: no float, no trailing zeros."""
     return None if value is None else format(Decimal(value).normalize(), "f")
@@ -153,14 +157,12 @@ class ChatConnection:
             )
         if not self.authenticate(self.token, same_user=True):
             return None
-        with unit_of_work(self.db) as session:
-            refusal = chat_refusal(session, self.user_id)
-        if refusal is not None:
-            return self.error(*refusal)
         try:
             chat_session_id, messages = self._open(session_id)
         except history.SessionNotFound:
             return self.error("not_found", "no such session")
+        except ChatRefused as refusal:
+            return self.error(*refusal.args)
         messages.append({"role": "user", "content": text})
         result = run_call(
             self.client,
@@ -172,7 +174,11 @@ class ChatConnection:
         self.finish(chat_session_id, text, result)
 
     def _open(self, session_id):
+        """The session and its history, unless over budget or over the rate."""
         with unit_of_work(self.db) as session:
+            refusal = chat_refusal(session, self.user_id)
+            if refusal is not None:
+                raise ChatRefused(*refusal)
             chat = history.open_session(
                 session, self.user_id, session_id, self.settings.model
             )
