@@ -72,11 +72,12 @@ def _insert_new(session, rows):
     table = UsageRecord.__table__
     stmt = (
         _insert(session, table)
-        .values(rows)
         .on_conflict_do_nothing(index_elements=["message_id", "request_id"])
         .returning(table.c.message_id, table.c.request_id)
     )
-    return {tuple(r) for r in session.execute(stmt)}
+    # Rows passed apart from the statement: SQLAlchemy caches its compiled form
+    # and sends the rows in batches of many VALUES ("insertmanyvalues").
+    return {tuple(r) for r in session.execute(stmt, rows)}
 
 
 def _add_to_totals(session, rows):
@@ -123,12 +124,12 @@ def _upsert(session, model, keys, rows):
     if not rows:
         return
     table = model.__table__
-    stmt = _insert(session, table).values(rows)
+    stmt = _insert(session, table)
     update = {name: table.c[name] + stmt.excluded[name] for name in SUMMED}
     if model is SessionUsage:
         update["first_at"] = _least(session, table.c.first_at, stmt.excluded.first_at)
         update["last_at"] = _greatest(session, table.c.last_at, stmt.excluded.last_at)
-    session.execute(stmt.on_conflict_do_update(index_elements=keys, set_=update))
+    session.execute(stmt.on_conflict_do_update(index_elements=keys, set_=update), rows)
 
 
 def _least(session, a, b):
