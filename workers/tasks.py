@@ -2,16 +2,22 @@
 
 ``tally.save_usage(records)`` takes a list of usage records as plain JSON objects
 (see ``app.usage.records``) and saves each exactly once.
+
+A record ends in exactly one place: the ledger, or the dead letters when it can
+never be saved as it is. Either way its outbox entry goes in the same
+transaction, so the relay stops resending it.
 """
 
 import json
 import logging
+import random
 
 from celery import Task
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy import delete
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 
 from app.db import unit_of_work
-from app.models import DeadLetter
+from app.models import DeadLetter, OutboxEntry
 from app.usage.records import CallUsage, InvalidRecord
 from celery_app import SAVE_USAGE, celery
 from workers.db import session_factory
@@ -20,6 +26,9 @@ from workers.ledger import save_calls
 log = logging.getLogger(__name__)
 
 MAX_RETRIES = 8
+BACKOFF_MAX = 60
+# The database refuses these for the record itself: retrying cannot help.
+REFUSED = (IntegrityError, DataError)
 
 
 class SaveTask(Task):
@@ -31,7 +40,7 @@ class SaveTask(Task):
             task_id,
             len(_records(args, kwargs)),
             self.request.retries + 1,
-            MAX_RETRIES,
+            MAX_RETRIES + 1,
             exc,
         )
 
@@ -45,31 +54,71 @@ class SaveTask(Task):
             self.request.retries + 1,
             exc,
         )
-        keep_dead_letters(records, repr(exc))
+        # If the database is still away this raises, and the outbox, untouched,
+        # sends the records again after its resend delay.
+        with unit_of_work(_db()) as session:
+            keep_dead_letters(session, records, repr(exc))
 
 
 def _records(args, kwargs):
-    return kwargs.get("records") or (args[0] if args else [])
+    records = kwargs.get("records") or (args[0] if args else [])
+    return records if isinstance(records, list) else [records]
 
 
-@celery.task(
-    name=SAVE_USAGE,
-    base=SaveTask,
-    autoretry_for=(OperationalError,),
-    dont_autoretry_for=(IntegrityError,),
-    retry_backoff=True,
-    retry_backoff_max=60,
-    retry_jitter=True,
-    max_retries=MAX_RETRIES,
-)
-def save_usage(records):
+def _db():
+    return session_factory(celery.conf.tally_settings)
+
+
+def backoff(retries):
+    """Seconds before retry number ``retries + 1``: exponential, half of it jitter.
+
+    Full jitter (Celery's ``retry_jitter``) may draw nearly zero every time and
+    spend all retries within seconds of an outage starting; keeping half of
+    each delay fixed makes the retries outlast an outage of 90 s at least.
+    """
+    ceiling = min(BACKOFF_MAX, 2**retries)
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+@celery.task(name=SAVE_USAGE, base=SaveTask, bind=True, max_retries=MAX_RETRIES)
+def save_usage(self, records):
+    try:
+        return save_records(records)
+    except OperationalError as exc:
+        raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from None
+
+
+def save_records(records):
+    """Save the valid records, keep the others as dead letters; return the saved."""
     calls, invalid = parse_records(records)
-    if invalid:
-        keep_dead_letters(invalid, "invalid usage record")
-    if calls:
-        with unit_of_work(session_factory(celery.conf.tally_settings)) as session:
+    try:
+        with unit_of_work(_db()) as session:
+            keep_dead_letters(session, invalid, "invalid usage record")
             save_calls(session, calls)
+    except REFUSED:
+        # One record the database refuses must not keep the batch out: save
+        # each alone, and only the refused ones become dead letters.
+        with unit_of_work(_db()) as session:
+            keep_dead_letters(session, invalid, "invalid usage record")
+        return sum(_save_alone(call) for call in calls)
     return len(calls)
+
+
+def _save_alone(call):
+    try:
+        with unit_of_work(_db()) as session:
+            save_calls(session, [call])
+    except REFUSED as exc:
+        log.error(
+            "usage record %s refused by the database: %s; kept as a dead letter, "
+            "fix the cause and run `flask usage replay`",
+            call.message_id,
+            exc.orig,
+        )
+        with unit_of_work(_db()) as session:
+            keep_dead_letters(session, [call.to_payload()], f"refused: {exc.orig}")
+        return 0
+    return 1
 
 
 def parse_records(records):
@@ -88,15 +137,14 @@ def _describe(payload):
     return payload.get("message_id") if isinstance(payload, dict) else type(payload)
 
 
-def keep_dead_letters(records, error):
-    try:
-        with unit_of_work(session_factory(celery.conf.tally_settings)) as session:
-            session.add_all(
-                DeadLetter(payload=json.dumps(record), error=error[:2000])
-                for record in records
-            )
-    except DBAPIError:
-        # The database is unreachable even for the dead letter: re-raise so that
-        # the message is not acknowledged and comes back once it is reachable.
-        log.exception("could not keep %d dead letters", len(records))
-        raise
+def keep_dead_letters(session, records, error):
+    """Move ``records`` from the outbox to the dead letters, in ``session``."""
+    if not records:
+        return
+    session.add_all(
+        DeadLetter(payload=json.dumps(record), error=error[:2000]) for record in records
+    )
+    ids = [r["message_id"] for r in records if isinstance(r, dict)]
+    ids = [i for i in ids if isinstance(i, str)]
+    if ids:
+        session.execute(delete(OutboxEntry).where(OutboxEntry.message_id.in_(ids)))
