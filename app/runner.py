@@ -3,6 +3,7 @@ key, the Claude simulator. ``scripts/run`` calls this after setting things up.
 """
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -24,10 +25,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def main(argv=None):
     args = _parse(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     settings = config.load()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     migrate(settings.database_url)
+    # After the migration: Alembic's own logging set-up would silence ours.
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True
+    )
     env = dict(os.environ, TALLY_DATA_DIR=str(settings.data_dir))
     procs = []
     try:
@@ -161,7 +165,10 @@ def _web_command(args):
 
 def _start(procs, name, argv, env):
     log.info("starting %s: %s", name, " ".join(argv))
-    procs.append((name, subprocess.Popen(argv, cwd=ROOT, env=env)))
+    # A process group of its own: stopping it stops its children too (gunicorn's
+    # and Celery's workers), and a Ctrl-C reaches them only through us.
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, start_new_session=True)
+    procs.append((name, proc))
 
 
 def _announce(args, settings):
@@ -181,6 +188,8 @@ def _announce(args, settings):
 
 def _supervise(procs):
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # Explicitly: a shell that starts us in the background makes SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         while True:
             for name, proc in procs:
@@ -196,13 +205,19 @@ def _supervise(procs):
 
 def _stop_all(procs):
     for _name, proc in reversed(procs):
-        if proc.poll() is None:
-            proc.terminate()
-    for _name, proc in procs:
+        _signal_group(proc, signal.SIGTERM)
+    for name, proc in procs:
         try:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            log.warning("%s did not stop in 15 s: killing it", name)
+        # Whatever is left in the group (a stuck worker) goes too.
+        _signal_group(proc, signal.SIGKILL)
+
+
+def _signal_group(proc, signum):
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signum)
 
 
 if __name__ == "__main__":

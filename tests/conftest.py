@@ -285,6 +285,9 @@ class ChatClient:
             seen.append(frame)
             if frame["type"] == kind:
                 return seen
+            if frame["type"] == "error" and kind == "end" and not seen[:-1]:
+                # Refused before any reply: no end frame will come.
+                raise AssertionError(f"the call was refused: {frame}")
 
     def chat(self, text, session_id=None):
         self.send(type="chat", text=text, session_id=session_id)

@@ -13,7 +13,7 @@ from app.models import User
 
 log = logging.getLogger(__name__)
 
-USERNAME = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
+USERNAME = re.compile(r"[A-Za-z0-9_.-]{1,80}\Z")
 USERNAME_RULE = "username: 1-80 letters, digits, '.', '_' or '-'"
 ROLES = ("user", "admin")
 _NOT_IN_USERNAME = re.compile(r"[^A-Za-z0-9_.-]+")

@@ -373,5 +373,5 @@ def _parse(raw):
         return None
     try:
         return json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # deep nesting is bad input too
         return None
