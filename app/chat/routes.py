@@ -321,8 +321,10 @@ class ChatConnection:
                 for row in saved
             }
             unsaved = set(self.pending) - {row.message_id for row in saved}
-            budget = self._budget() if saved else None
             dead = _dead_lettered(session, unsaved - self.dead)
+        # Outside the block: a second connection held at once per socket would
+        # drain the pool under a crowd of chats.
+        budget = self._budget() if saved else None
         for message_id, session_id, cost in saved:
             self.pending.pop(message_id, None)
             self.send(
