@@ -3,30 +3,15 @@
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from tests.browser import FLAGS, chromium_or_skip, screenshot
+from tests.browser import launch, screenshot, send, sign_in
 
 
 @pytest.fixture
 def page(live_server):
-    executable = chromium_or_skip()
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        browser, page = launch(playwright)
         yield page
         browser.close()
-
-
-def sign_in(page, url, username):
-    page.goto(url)
-    page.fill("#username", username)
-    page.click("#login-button")
-    expect(page.locator("#chat")).to_be_visible()
-    expect(page.locator("#send")).to_be_enabled()
-
-
-def send(page, text):
-    page.fill("#message", text)
-    page.click("#send")
 
 
 def test_chat_streams_counts_and_marks_the_call_saved(page, live_server, worker, db):
