@@ -290,9 +290,8 @@
     $("#chat").hidden = true;
     $("#account").hidden = true;
     setStatus("");
-    const devLogin = document.body.dataset.devLogin === "true";
-    $("#login-form").hidden = !devLogin;
-    setError(message || (devLogin ? "" : "Not signed in: dev login is disabled."));
+    $("#login-form").hidden = false;
+    setError(message || "");
   }
 
   function showChat() {
@@ -302,10 +301,14 @@
   }
 
   async function requestToken(username) {
-    const resp = await fetch("/api/auth/dev-login", {
+    // Development signs in by name alone; elsewhere with a password.
+    const password = $("#password");
+    const url = password ? "/api/auth/login" : "/api/auth/dev-login";
+    const body = password ? { username, password: password.value } : { username };
+    const resp = await fetch(url, {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ username }),
+      body: JSON.stringify(body),
     });
     const data = await resp.json().catch(() => ({}));
     if (!resp.ok) throw new Error(data.error || `Sign in failed (HTTP ${resp.status})`);
