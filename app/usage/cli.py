@@ -9,7 +9,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 from sqlalchemy import select
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, IntegrityError
 
 from app.db import unit_of_work
 from app.models import DeadLetter, UsageRecord, User
@@ -413,16 +413,30 @@ def replay_command(dry_run):
                 f"would replay {len(calls)} records; {len(invalid)} stay invalid"
             )
             return
-        new = save_calls(session, calls)
-        replayed = {c.key for c in calls}
+        new, refused = _replay_each(session, calls, save_calls)
+        replayed = {c.key for c in calls} - {c.key for c, _ in refused}
         now = datetime.now(UTC)
         for letter in letters:
             if _key(letter) in replayed:
                 letter.replayed_at = now
     click.echo(
-        f"replayed {len(calls)} records ({len(new)} new); "
+        f"replayed {len(calls) - len(refused)} records ({len(new)} new); "
         f"{len(invalid)} invalid records stay dead letters"
     )
+    for call, reason in refused:
+        click.echo(f"still refused: {call.message_id}: {reason}", err=True)
+
+
+def _replay_each(session, calls, save_calls):
+    """Save each record in a savepoint of its own: one refusal stops no other."""
+    new, refused = [], []
+    for call in calls:
+        try:
+            with session.begin_nested():
+                new += save_calls(session, [call])
+        except (IntegrityError, DataError) as exc:
+            refused.append((call, str(exc.orig).splitlines()[0]))
+    return new, refused
 
 
 def _key(letter):
