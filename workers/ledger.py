@@ -12,7 +12,7 @@ from sqlalchemy import delete, func
 from sqlalchemy.dialects import postgresql, sqlite
 
 from app.models import DailyUsage, OutboxEntry, SessionUsage, UsageRecord
-from app.usage.pricing import price_call
+from app.usage.rates import RateCache
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,8 @@ def save_calls(session, calls):
     calls = _unique(calls)
     if not calls:
         return []
-    rows = [_ledger_row(call) for call in calls]
+    rates = RateCache()  # per batch: a price change between batches is seen
+    rows = [_ledger_row(call, rates) for call in calls]
     new_keys = _insert_new(session, rows)
     new_rows = [
         row for row in rows if (row["message_id"], row["request_id"]) in new_keys
@@ -56,8 +57,8 @@ def _unique(calls):
     return list(seen.values())
 
 
-def _ledger_row(call):
-    price = price_call(call)
+def _ledger_row(call, rates):
+    price = rates.price(call)
     row = call.to_payload()
     row.update(occurred_at=call.occurred_at, cost=price.cost, price_ref=price.ref)
     return row

@@ -15,7 +15,6 @@ from dataclasses import replace
 from decimal import Decimal, localcontext
 
 from flask import current_app, jsonify, request
-from genai_prices.types import Tier, TimeOfDateConstraint
 from sqlalchemy import select
 
 from app.api import bp
@@ -24,11 +23,10 @@ from app.api.routes import to_json
 from app.auth.access import current_user, login_required
 from app.db import unit_of_work
 from app.models import UsageRecord
-from app.usage.pricing import find_model, load_overrides, price_call, utc_day
+from app.usage.pricing import price_call, tier_starts, utc_day
 from app.usage.records import CallUsage
 
 COUNTS = ("calls", "unpriced_calls", "cache_read_tokens")
-MAX_DEPTH = 12
 
 
 @bp.get("/usage/savings")
@@ -129,31 +127,6 @@ def _probe(row):
     )
 
 
-def tier_starts(model):
-    """Input counts where a price of ``model`` may change tier, sorted, and whether
-    any price depends on the time of day: from its genai-prices entry and from
-    every override, so a superset of the starts that apply to it."""
-    starts, timed = set(), []
-    _walk(find_model(model), starts, timed, 0)
-    _walk(load_overrides(), starts, timed, 0)
-    return sorted(starts), bool(timed)
-
-
-def _walk(value, starts, timed, depth):
-    if depth > MAX_DEPTH or value is None or isinstance(value, str | int | Decimal):
-        return
-    if isinstance(value, Tier):
-        starts.add(value.start)
-    elif isinstance(value, TimeOfDateConstraint):
-        timed.append(value)
-    if isinstance(value, dict):
-        children = list(value.values())
-    elif isinstance(value, list | tuple):
-        children = value
-    else:
-        children = list(getattr(value, "__dict__", {}).values())
-    for child in children:
-        _walk(child, starts, timed, depth + 1)
 
 
 def _with_cache_reads(filters):

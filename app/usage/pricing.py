@@ -34,6 +34,7 @@ from genai_prices.types import (
     ModelPrice,
     Tier,
     TieredPrices,
+    TimeOfDateConstraint,
 )
 
 log = logging.getLogger(__name__)
@@ -556,3 +557,33 @@ def _clause_names(clause):
 def _provider():
     # The bundled data, never a snapshot fetched by genai-prices' updater.
     return next(p for p in bundled_providers if p.id == PROVIDER)
+
+
+MAX_DEPTH = 12
+
+
+def tier_starts(model):
+    """Input counts where a price of ``model`` may change tier, sorted, and whether
+    any price depends on the time of day: from its genai-prices entry and from
+    every override, so a superset of the starts that apply to it."""
+    starts, timed = set(), []
+    _walk(find_model(model), starts, timed, 0)
+    _walk(load_overrides(), starts, timed, 0)
+    return sorted(starts), bool(timed)
+
+
+def _walk(value, starts, timed, depth):
+    if depth > MAX_DEPTH or value is None or isinstance(value, str | int | Decimal):
+        return
+    if isinstance(value, Tier):
+        starts.add(value.start)
+    elif isinstance(value, TimeOfDateConstraint):
+        timed.append(value)
+    if isinstance(value, dict):
+        children = list(value.values())
+    elif isinstance(value, list | tuple):
+        children = value
+    else:
+        children = list(getattr(value, "__dict__", {}).values())
+    for child in children:
+        _walk(child, starts, timed, depth + 1)
