@@ -72,6 +72,9 @@ def make_engine(url, **kwargs):
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
+    if url.startswith("postgresql+psycopg2"):
+        # Upserts of many rows go in pages, not one round trip a row.
+        kwargs.setdefault("executemany_mode", "values_plus_batch")
     return create_engine(url, **kwargs)
 
 
