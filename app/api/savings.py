@@ -127,8 +127,6 @@ def _probe(row):
     )
 
 
-
-
 def _with_cache_reads(filters):
     r = UsageRecord
     total = r.input_tokens + r.cache_creation_tokens + r.cache_read_tokens
