@@ -19,6 +19,18 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, Money
 
+# What every totals row (session, daily) keeps, in the order reports show it.
+TOTAL_COUNTS = (
+    "calls",
+    "unpriced_calls",
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_tokens",
+    "cache_read_tokens",
+    "web_search_requests",
+)
+TOTAL_MEASURES = (*TOTAL_COUNTS, "cost")
+
 
 def utcnow():
     return datetime.now(UTC)

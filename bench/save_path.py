@@ -15,7 +15,14 @@ from psycopg2.extras import execute_values
 from sqlalchemy import func, insert, select
 
 from app.db import make_engine, make_session_factory, unit_of_work
-from app.models import DeadLetter, OutboxEntry, SessionUsage, UsageRecord, User
+from app.models import (
+    TOTAL_MEASURES,
+    DeadLetter,
+    OutboxEntry,
+    SessionUsage,
+    UsageRecord,
+    User,
+)
 from app.usage import reports
 from app.usage.outbox import Relay
 from app.usage.pricing import price_call
@@ -180,16 +187,7 @@ LEDGER_COLUMNS = (
     "price_ref",
     "saved_at",
 )
-SUMS = (
-    "calls",
-    "unpriced_calls",
-    "input_tokens",
-    "output_tokens",
-    "cache_creation_tokens",
-    "cache_read_tokens",
-    "web_search_requests",
-    "cost",
-)
+SUMS = TOTAL_MEASURES
 SESSION_SQL = (
     f"INSERT INTO session_usage (session_id, user_id, {', '.join(SUMS)}, "
     "first_at, last_at) VALUES %s ON CONFLICT (session_id, user_id) DO UPDATE SET "

@@ -33,6 +33,7 @@ from sqlalchemy import create_engine, text
 
 from app import config, create_app
 from app.db import unit_of_work
+from app.models import TOTAL_MEASURES
 from app.usage import outbox
 from app.usage.pricing import price_call, utc_day
 from app.usage.records import CallUsage
@@ -49,16 +50,7 @@ from tests.conftest import (
 )
 
 PG_BIN = Path(os.environ.get("TALLY_PG_BIN", "/usr/lib/postgresql/15/bin"))
-SUMMED = (
-    "calls",
-    "unpriced_calls",
-    "input_tokens",
-    "output_tokens",
-    "cache_creation_tokens",
-    "cache_read_tokens",
-    "web_search_requests",
-    "cost",
-)
+SUMMED = TOTAL_MEASURES
 MODELS = ("claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1", "claude-sonnet-4")
 # One record in 40 names a model without a price: it is counted, and unpriced.
 UNPRICED_MODEL = "claude-tally-unpriced-1"

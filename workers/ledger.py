@@ -11,21 +11,18 @@ from decimal import Decimal
 from sqlalchemy import delete, func
 from sqlalchemy.dialects import postgresql, sqlite
 
-from app.models import DailyUsage, OutboxEntry, SessionUsage, UsageRecord
+from app.models import (
+    TOTAL_MEASURES,
+    DailyUsage,
+    OutboxEntry,
+    SessionUsage,
+    UsageRecord,
+)
 from app.usage.rates import RateCache
 
 log = logging.getLogger(__name__)
 
-SUMMED = (
-    "calls",
-    "unpriced_calls",
-    "input_tokens",
-    "output_tokens",
-    "cache_creation_tokens",
-    "cache_read_tokens",
-    "web_search_requests",
-    "cost",
-)
+SUMMED = TOTAL_MEASURES
 
 
 def save_calls(session, calls):

@@ -3,6 +3,7 @@
 from flask import current_app, jsonify
 
 from app.api import bp
+from app.models import TOTAL_COUNTS
 
 DEV_LOGIN = "/api/auth/dev-login"
 
@@ -57,18 +58,7 @@ FILTERED = SIGNED_IN | {
     "404": _error("user= names no user."),
 }
 
-COUNTS = {
-    name: {"type": "integer", "minimum": 0}
-    for name in (
-        "calls",
-        "unpriced_calls",
-        "input_tokens",
-        "output_tokens",
-        "cache_creation_tokens",
-        "cache_read_tokens",
-        "web_search_requests",
-    )
-}
+COUNTS = {name: {"type": "integer", "minimum": 0} for name in TOTAL_COUNTS}
 TOTALS = {
     "type": "object",
     "description": "Calls, tokens and cost; unpriced calls add no cost.",

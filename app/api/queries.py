@@ -10,18 +10,18 @@ from decimal import Decimal
 
 from sqlalchemy import BigInteger, Date, cast, func, select
 
-from app.models import ChatSession, DailyUsage, SessionUsage, UsageRecord, User
-
-COUNTS = (
-    "calls",
-    "unpriced_calls",
-    "input_tokens",
-    "output_tokens",
-    "cache_creation_tokens",
-    "cache_read_tokens",
-    "web_search_requests",
+from app.models import (
+    TOTAL_COUNTS,
+    TOTAL_MEASURES,
+    ChatSession,
+    DailyUsage,
+    SessionUsage,
+    UsageRecord,
+    User,
 )
-SUMS = (*COUNTS, "cost")
+
+COUNTS = TOTAL_COUNTS
+SUMS = TOTAL_MEASURES
 CALL_FIELDS = (
     "message_id",
     "request_id",
@@ -109,14 +109,14 @@ def _local_day_rows_in_sql(session, filters):
         *sums,
         func.sum(r.cost).label("cost"),
     ).group_by(User.username, day, r.model)
-    query = _in_scope(query.join(User, User.id == r.user_id), r, filters)
+    query = in_scope(query.join(User, User.id == r.user_id), r, filters)
     return [_plain(row) for row in session.execute(query)]
 
 
 def _local_day_rows_in_python(session, filters):
     r = UsageRecord
     query = select(User.username, r.occurred_at, r.model, r.cost, *_ledger_counts())
-    query = _in_scope(query.join(User, User.id == r.user_id), r, filters)
+    query = in_scope(query.join(User, User.id == r.user_id), r, filters)
     rows = []
     for row in session.execute(query):
         values = dict(row._mapping)
@@ -132,7 +132,8 @@ def _ledger_counts():
     return [UsageRecord.__table__.c[n] for n in COUNTS[2:]]
 
 
-def _in_scope(query, r, filters):
+def in_scope(query, r, filters):
+    """Only ``filters``' user and time range of the ledger ``r``."""
     if filters.user_id is not None:
         query = query.where(r.user_id == filters.user_id)
     if filters.start is not None:

@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from app.api import bp
 from app.api.filters import read_filters
+from app.api.queries import in_scope
 from app.api.routes import to_json
 from app.auth.access import current_user, login_required
 from app.db import unit_of_work
@@ -140,10 +141,4 @@ def _with_cache_reads(filters):
         r.cache_read_tokens,
         r.cost.is_not(None).label("priced"),
     ).where(r.cache_read_tokens > 0)
-    if filters.user_id is not None:
-        query = query.where(r.user_id == filters.user_id)
-    if filters.start is not None:
-        query = query.where(r.occurred_at >= filters.start)
-    if filters.end is not None:
-        query = query.where(r.occurred_at < filters.end)
-    return query
+    return in_scope(query, r, filters)
