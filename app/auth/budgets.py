@@ -7,7 +7,7 @@ still on its way to the worker is not in the daily rows yet.
 from datetime import UTC, timedelta
 from decimal import Decimal
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 
 from app.models import DailyUsage, User
 
@@ -15,14 +15,10 @@ from app.models import DailyUsage, User
 def budget_status(session, user_id, now):
     """Limits, spending and what is left today and this month; ``over`` if any is 0."""
     user = session.get(User, user_id)
-    day = now.astimezone(UTC).date()
-    month = day.replace(day=1)
-    next_month = (month + timedelta(days=32)).replace(day=1)
-    daily = _status(user.daily_budget, _spent(session, user_id, day, day))
-    monthly = _status(
-        user.monthly_budget,
-        _spent(session, user_id, month, next_month - timedelta(days=1)),
-    )
+    day, month = _periods(now)
+    spent_today, spent_month = _spent(session, user_id, day, month)
+    daily = _status(user.daily_budget, spent_today)
+    monthly = _status(user.monthly_budget, spent_month)
     return {
         "daily_limit": daily[0],
         "daily_spent": daily[1],
@@ -34,11 +30,36 @@ def budget_status(session, user_id, now):
     }
 
 
-def _spent(session, user_id, first, last):
-    query = select(func.sum(DailyUsage.cost)).where(
-        DailyUsage.user_id == user_id, DailyUsage.day.between(first, last)
+def has_budget(session, user_id):
+    """Whether the user has a daily or monthly limit at all (no query if loaded)."""
+    user = session.get(User, user_id)
+    return user.daily_budget is not None or user.monthly_budget is not None
+
+
+def budget_left(session, user_id, now):
+    """What is left today and this month, None where there is no limit."""
+    if not has_budget(session, user_id):
+        return {"daily_left": None, "monthly_left": None}
+    status = budget_status(session, user_id, now)
+    return {"daily_left": status["daily_left"], "monthly_left": status["monthly_left"]}
+
+
+def _periods(now):
+    day = now.astimezone(UTC).date()
+    return day, day.replace(day=1)
+
+
+def _spent(session, user_id, day, month):
+    """Cost saved today and this month, in one pass over this month's rows."""
+    next_month = (month + timedelta(days=32)).replace(day=1)
+    today = func.sum(case((DailyUsage.day == day, DailyUsage.cost)))
+    query = select(today, func.sum(DailyUsage.cost)).where(
+        DailyUsage.user_id == user_id,
+        DailyUsage.day >= month,
+        DailyUsage.day < next_month,
     )
-    return Decimal(session.scalar(query) or 0)
+    spent_today, spent_month = session.execute(query).one()
+    return Decimal(spent_today or 0), Decimal(spent_month or 0)
 
 
 def _status(limit, spent):

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from flask import current_app
 
-from app.auth.budgets import budget_status, over_budget_message
+from app.auth.budgets import budget_status, has_budget, over_budget_message
 
 WINDOW_SECONDS = 60.0
 
@@ -69,9 +69,10 @@ def chat_refusal(session, user_id, now=None):
     Codes: ``over_budget`` (no money left today or this month) and
     ``rate_limited`` (too many chats in the last minute).
     """
-    status = budget_status(session, user_id, now or datetime.now(UTC))
-    if status["over"]:
-        return "over_budget", over_budget_message(status)
+    if has_budget(session, user_id):
+        status = budget_status(session, user_id, now or datetime.now(UTC))
+        if status["over"]:
+            return "over_budget", over_budget_message(status)
     if not allow_chat(user_id):
         wait = max(1, round(limiter().retry_after(user_id)))
         per_minute = limiter().per_minute

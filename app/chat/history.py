@@ -3,7 +3,7 @@
 import json
 import uuid
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from app.models import ChatSession, ChatTurn
 
@@ -36,16 +36,21 @@ def messages_for(session, chat_session_id):
 
 
 def add_exchange(session, chat_session_id, user_text, reply_text, message_id):
-    session.add_all(
+    """Append the user's text and Claude's reply (one bulk insert, no ORM flush)."""
+    session.execute(
+        insert(ChatTurn),
         [
-            ChatTurn(
-                session_id=chat_session_id, role="user", content=json.dumps(user_text)
-            ),
-            ChatTurn(
-                session_id=chat_session_id,
-                role="assistant",
-                content=json.dumps(reply_text or "(no text)"),
-                message_id=message_id,
-            ),
-        ]
+            {
+                "session_id": chat_session_id,
+                "role": "user",
+                "content": json.dumps(user_text),
+                "message_id": None,
+            },
+            {
+                "session_id": chat_session_id,
+                "role": "assistant",
+                "content": json.dumps(reply_text or "(no text)"),
+                "message_id": message_id,
+            },
+        ],
     )

@@ -10,7 +10,7 @@ from flask import Blueprint, current_app, render_template, request
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
-from app.auth.budgets import budget_status, money_text
+from app.auth.budgets import budget_left, money_text
 from app.auth.identity import NotAuthenticated, token_expires_at, user_from_token
 from app.auth.limits import chat_limits, chat_refusal
 from app.chat import history
@@ -27,6 +27,7 @@ bp = Blueprint("chat", __name__)
 AUTH_TIMEOUT = 10
 IDLE_POLL = 0.5
 RECHECK_TOKEN_SECONDS = 5
+DEAD_LETTER_CHECK_SECONDS = 5
 CLOSE_UNAUTHORIZED = 4401
 
 
@@ -71,6 +72,7 @@ class ChatConnection:
         self.checked_at = 0.0
         self.pending = {}  # message id -> (session id, cost) until the worker saved it
         self.dead = set()  # pending calls already reported as dead letters
+        self.dead_checked_at = time.monotonic()
 
     def send(self, kind, **fields):
         self.ws.send(json.dumps({"type": kind, **fields}))
@@ -101,18 +103,25 @@ class ChatConnection:
         """Check ``token``; on failure tell the client and close the socket."""
         try:
             with unit_of_work(self.db) as session:
-                user = user_from_token(session, token)
-                if same_user and user.id != self.user_id:
-                    raise NotAuthenticated("a token for another user")
-                self.user_id, self.username = user.id, user.username
+                self._verify(session, token, same_user=same_user)
         except NotAuthenticated as exc:
-            log.info("chat socket refused: %s", exc)
-            self.error("unauthorized", str(exc))
-            self.ws.close(CLOSE_UNAUTHORIZED, "unauthorized")
-            return False
+            return self._refuse(exc)
+        return True
+
+    def _verify(self, session, token, *, same_user):
+        """Check ``token`` inside a transaction the caller has open."""
+        user = user_from_token(session, token)
+        if same_user and user.id != self.user_id:
+            raise NotAuthenticated("a token for another user")
+        self.user_id, self.username = user.id, user.username
         self.token, self.expires_at = token, token_expires_at(token)
         self.checked_at = time.monotonic()
-        return True
+
+    def _refuse(self, exc):
+        log.info("chat socket refused: %s", exc)
+        self.error("unauthorized", str(exc))
+        self.ws.close(CLOSE_UNAUTHORIZED, "unauthorized")
+        return False
 
     def still_signed_in(self):
         """Close the socket once the token expires or is revoked mid-chat."""
@@ -155,10 +164,10 @@ class ChatConnection:
             return self.error(
                 "too_large", f"the message is {size:,} bytes; the limit is {limit:,}"
             )
-        if not self.authenticate(self.token, same_user=True):
-            return None
         try:
             chat_session_id, messages = self._open(session_id)
+        except NotAuthenticated as exc:
+            return self._refuse(exc)
         except history.SessionNotFound:
             return self.error("not_found", "no such session")
         except ChatRefused as refusal:
@@ -174,8 +183,10 @@ class ChatConnection:
         self.finish(chat_session_id, text, result)
 
     def _open(self, session_id):
-        """The session and its history, unless over budget or over the rate."""
+        """The session and its history, unless signed out, over budget or rate."""
         with unit_of_work(self.db) as session:
+            # A token revoked since the last check must not start a paid call.
+            self._verify(session, self.token, same_user=True)
             refusal = chat_refusal(session, self.user_id)
             if refusal is not None:
                 raise ChatRefused(*refusal)
@@ -214,7 +225,9 @@ class ChatConnection:
             return self.error(result.error_code or "upstream", result.error)
         # A chat call is keyed by its message id alone; the request id is logged.
         call = result.meter.to_call(user_id=self.user_id, session_id=chat_session_id)
-        self._keep(call, chat_session_id, text, result)
+        cost = price_call(call).cost
+        self.pending[call.message_id] = (chat_session_id, cost)
+        session_cost = self._keep(call, chat_session_id, text, result)
         log.info(
             "usage %s (request %s) for session %s: %d in / %d out%s",
             call.message_id,
@@ -224,24 +237,36 @@ class ChatConnection:
             call.output_tokens,
             " (partial)" if call.partial else "",
         )
-        self.pending[call.message_id] = (chat_session_id, price_call(call).cost)
         if result.error_code == "client_gone":
             return
         if result.error is not None:
             self.error(result.error_code, result.error)
-        self._send_end(call, result, chat_session_id)
+        self.send(
+            "end",
+            message_id=call.message_id,
+            stop_reason=result.meter.stop_reason,
+            usage=result.meter.snapshot(context_window(call.model)),
+            cost=money(cost),
+            session_cost=money(session_cost),
+            partial=call.partial,
+            saved=False,
+        )
 
     def _budget(self):
-        """What is left of the user's budgets, as exact dollar strings."""
         with unit_of_work(self.db) as session:
-            status = budget_status(session, self.user_id, datetime.now(UTC))
-        return {
-            "daily_left": money_text(status["daily_left"]),
-            "monthly_left": money_text(status["monthly_left"]),
-        }
+            return self._budget_in(session)
+
+    def _budget_in(self, session):
+        """What is left of the user's budgets, as exact dollar strings."""
+        left = budget_left(session, self.user_id, datetime.now(UTC))
+        return {period: money_text(value) for period, value in left.items()}
 
     def _keep(self, call, chat_session_id, text, result):
-        """Commit the record with its turn; spool it to disk if the database fails."""
+        """Commit the record with its turn and return the session's cost so far.
+
+        If the database fails, the record goes to the spool file and the cost is
+        unknown (None).
+        """
         try:
             with unit_of_work(self.db) as session:
                 if result.error is None:
@@ -249,6 +274,7 @@ class ChatConnection:
                         session, chat_session_id, text, result.text, call.message_id
                     )
                 outbox.add(session, call)
+                session_cost = self._session_cost(session, chat_session_id)
         except DBAPIError:
             log.exception(
                 "usage %s: the database refused the outbox entry", call.message_id
@@ -259,43 +285,38 @@ class ChatConnection:
                 "the database is unavailable: this "
                 "call's usage is kept on disk and saved when it is back",
             )
-            return
+            return None
         if self.relay is not None:
             self.relay.wake()
+        return session_cost
 
-    def _send_end(self, call, result, chat_session_id):
-        cost = self.pending[call.message_id][1]
-        self.send(
-            "end",
-            message_id=call.message_id,
-            stop_reason=result.meter.stop_reason,
-            usage=result.meter.snapshot(context_window(call.model)),
-            cost=money(cost),
-            session_cost=money(self._session_cost(chat_session_id)),
-            partial=call.partial,
-            saved=False,
-        )
+    def _session_cost(self, session, chat_session_id):
+        """Saved cost of the session plus this socket's calls the worker has not saved.
 
-    def _session_cost(self, chat_session_id):
-        """Saved cost of the session plus this socket's calls not yet saved."""
-        try:
-            saved = self._saved_cost(chat_session_id)
-        except DBAPIError:
-            return None
-        unsaved = (
-            cost or 0 for sid, cost in self.pending.values() if sid == chat_session_id
-        )
-        return saved + sum(unsaved, Decimal(0))
-
-    def _saved_cost(self, chat_session_id):
-        with unit_of_work(self.db) as session:
-            saved = session.scalar(
-                select(SessionUsage.cost).where(
-                    SessionUsage.session_id == chat_session_id,
-                    SessionUsage.user_id == self.user_id,
+        A call the worker saved a moment ago is in the session row already, though
+        still pending here until the next poll: it must not count twice.
+        """
+        mine = {
+            message_id: cost
+            for message_id, (sid, cost) in self.pending.items()
+            if sid == chat_session_id
+        }
+        saved_ids = set(
+            session.scalars(
+                select(UsageRecord.message_id).where(
+                    UsageRecord.message_id.in_(list(mine)),
+                    UsageRecord.user_id == self.user_id,
                 )
             )
-        return saved or Decimal(0)
+        )
+        saved = session.scalar(
+            select(SessionUsage.cost).where(
+                SessionUsage.session_id == chat_session_id,
+                SessionUsage.user_id == self.user_id,
+            )
+        )
+        unsaved = (cost or 0 for mid, cost in mine.items() if mid not in saved_ids)
+        return (saved or Decimal(0)) + sum(unsaved, Decimal(0))
 
     def report_saves(self):
         if not self.pending:
@@ -320,11 +341,8 @@ class ChatConnection:
                 row.session_id: _session_totals(session, row.session_id, self.user_id)
                 for row in saved
             }
-            unsaved = set(self.pending) - {row.message_id for row in saved}
-            dead = _dead_lettered(session, unsaved - self.dead)
-        # Outside the block: a second connection held at once per socket would
-        # drain the pool under a crowd of chats.
-        budget = self._budget() if saved else None
+            budget = self._budget_in(session) if saved else None
+            dead = self._newly_dead(session, {row.message_id for row in saved})
         for message_id, session_id, cost in saved:
             self.pending.pop(message_id, None)
             self.send(
@@ -337,6 +355,19 @@ class ChatConnection:
         for message_id in dead:
             self.dead.add(message_id)
             self.send("usage_status", message_id=message_id, status="dead_letter")
+
+    def _newly_dead(self, session, saved_ids):
+        """Calls of this socket that became dead letters since the last look.
+
+        A call turns into a dead letter only after the worker's retries, minutes
+        after it finished: the dead letters are searched at most every
+        ``DEAD_LETTER_CHECK_SECONDS``, never on the tick that follows a chat.
+        """
+        now = time.monotonic()
+        if now - self.dead_checked_at < DEAD_LETTER_CHECK_SECONDS:
+            return set()
+        self.dead_checked_at = now
+        return _dead_lettered(session, set(self.pending) - saved_ids - self.dead)
 
 
 def _dead_lettered(session, message_ids):

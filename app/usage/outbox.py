@@ -11,7 +11,7 @@ import logging
 import threading
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, insert, or_, select, update
 
 from app.db import unit_of_work
 from app.models import DeadLetter, OutboxEntry
@@ -21,7 +21,9 @@ log = logging.getLogger(__name__)
 
 def add(session, call):
     payload = json.dumps(call.to_payload())
-    session.add(OutboxEntry(message_id=call.message_id, payload=payload))
+    session.execute(
+        insert(OutboxEntry).values(message_id=call.message_id, payload=payload)
+    )
 
 
 def health(session, now=None):
@@ -51,6 +53,7 @@ class Relay:
         resend_after=300.0,
         batch_size=500,
         spool=None,
+        gather=0.02,
     ):
         self.session_factory = session_factory
         self.send = send
@@ -58,6 +61,7 @@ class Relay:
         self.resend_after = timedelta(seconds=resend_after)
         self.batch_size = batch_size
         self.spool = spool
+        self.gather = gather
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = None
@@ -80,7 +84,9 @@ class Relay:
 
     def _run(self):
         while not self._stop.is_set():
-            self._wake.wait(self.interval)
+            if self._wake.wait(self.interval) and self.gather:
+                # Chats finishing together share one transaction and one task.
+                self._stop.wait(self.gather)
             self._wake.clear()
             try:
                 if self.spool is not None:
@@ -96,19 +102,22 @@ class Relay:
         """Send one batch of due entries; return how many were handed over."""
         now = now or datetime.now(UTC)
         with unit_of_work(self.session_factory) as session:
-            entries = session.scalars(self._due(session, now)).all()
+            entries = session.execute(self._due(session, now)).all()
             if not entries:
                 return 0
             self.send([json.loads(entry.payload) for entry in entries])
-            for entry in entries:
-                entry.sent_at = now
-                entry.attempts += 1
+            session.execute(
+                update(OutboxEntry)
+                .where(OutboxEntry.id.in_([entry.id for entry in entries]))
+                .values(sent_at=now, attempts=OutboxEntry.attempts + 1)
+                .execution_options(synchronize_session=False)
+            )
         log.info("outbox relay: handed %d records to the broker", len(entries))
         return len(entries)
 
     def _due(self, session, now):
         due = (
-            select(OutboxEntry)
+            select(OutboxEntry.id, OutboxEntry.payload)
             .where(
                 or_(
                     OutboxEntry.sent_at.is_(None),
