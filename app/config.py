@@ -57,6 +57,8 @@ class Settings:
     access_token_minutes: int = 15
     refresh_token_days: int = 30
     chats_per_minute: int = 30
+    # Text deltas arriving closer together than this share one websocket frame.
+    text_frame_ms: int = 30
 
     @property
     def external_tokens(self):
@@ -104,10 +106,13 @@ def load(env=None):
         access_token_minutes=_positive(env, "TALLY_ACCESS_TOKEN_MINUTES", 15),
         refresh_token_days=_positive(env, "TALLY_REFRESH_TOKEN_DAYS", 30),
         chats_per_minute=_int(env, "TALLY_CHATS_PER_MINUTE", 30),
+        text_frame_ms=_int(env, "TALLY_TEXT_FRAME_MS", 30),
     )
     _check_external(settings)
     if settings.chats_per_minute < 0:
         raise ConfigError("TALLY_CHATS_PER_MINUTE must be 0 (no limit) or more")
+    if not 0 <= settings.text_frame_ms <= 1000:
+        raise ConfigError("TALLY_TEXT_FRAME_MS must be 0 (a frame per delta) to 1000")
     return _check_secret(settings)
 
 

@@ -27,6 +27,7 @@ from app.simulator.server import (
     requests_served,
     serve_in_thread,
     streams_abandoned,
+    streams_stalled,
 )
 from celery_app import make_celery
 
@@ -113,6 +114,9 @@ class Simulator:
 
     def streams_abandoned(self):
         return streams_abandoned(self.app)
+
+    def streams_stalled(self):
+        return streams_stalled(self.app)
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ from app.auth.budgets import budget_left, money_text
 from app.auth.identity import NotAuthenticated, token_expires_at, user_from_token
 from app.auth.limits import chat_limits, chat_refusal
 from app.chat import history
+from app.chat.frames import FrameSender
 from app.chat.stream import ClientGone, run_call
 from app.db import unit_of_work
 from app.extensions import sock
@@ -62,6 +63,8 @@ class ChatConnection:
     def __init__(self, ws, app, authorization=None):
         self.ws = ws
         self.settings = app.extensions["tally.settings"]
+        flusher = app.extensions["tally.flusher"]
+        self.frames = FrameSender(ws, flusher.interval, flusher)
         self.db = app.extensions["tally.db"]
         self.client = app.extensions["tally.claude"]
         self.relay = app.extensions.get("tally.relay")
@@ -75,7 +78,7 @@ class ChatConnection:
         self.dead_checked_at = time.monotonic()
 
     def send(self, kind, **fields):
-        self.ws.send(json.dumps({"type": kind, **fields}))
+        self.frames.send(kind, **fields)
 
     def error(self, code, message):
         self.send("error", code=code, message=message)
@@ -216,7 +219,7 @@ class ChatConnection:
                     **meter.snapshot(window["size"]),
                 )
             elif kind in ("text", "thinking"):
-                self.send(kind, text=text)
+                self.frames.text(kind, text)
 
         return on_event
 

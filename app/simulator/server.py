@@ -3,8 +3,9 @@
 Tally talks to it when no ``ANTHROPIC_API_KEY`` is set, and every test talks to it
 instead of the network. It replays recorded streams byte for byte (``replay:NAME``),
 generates replies of any length in the live wire format (``tokens:N``), paces them
-(``delay:MS``) and injects faults (``fault:429``, ``fault:529``,
-``fault:error-midstream``, ``fault:drop``). Directives go in the last user message.
+(``delay:MS``), pauses them after the third delta (``stall:MS``) and injects faults
+(``fault:429``, ``fault:529``, ``fault:error-midstream``, ``fault:drop``).
+Directives go in the last user message.
 """
 
 import json
@@ -29,7 +30,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 MAX_GENERATED_TOKENS = 100_000
 MIDSTREAM_DELTAS = 3
 REPLAY = re.compile(r"replay:(\S+)")
-DIRECTIVE = re.compile(r"\b(tokens|delay|fault):(\S+)")
+DIRECTIVE = re.compile(r"\b(tokens|delay|stall|fault):(\S+)")
+# An empty chunk: send what the unpaced response has gathered (``_coalesced``).
+FLUSH = b""
 SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 ERROR_FRAGMENT = "12_error_event_overloaded.fragment.json"
 # The same payload as the recorded fragment, used when the streams folder is absent.
@@ -76,6 +79,7 @@ def create_simulator(streams_dir=None, delay_ms=0.0):
         SIM_DELAY_MS=float(delay_ms),
         SIM_REQUESTS=[],
         SIM_ABANDONED=0,
+        SIM_STALLED=0,
     )
     app.register_error_handler(SimulatorError, _simulator_error)
     app.register_error_handler(HTTPException, _http_error)
@@ -155,8 +159,11 @@ def _directives(text):
         raise SimulatorError(
             400, "invalid_request_error", "tokens:N needs 1 <= N <= 100000."
         )
-    if "delay" in found and not _in_range(found["delay"], 0, 60_000):
-        raise SimulatorError(400, "invalid_request_error", "delay:MS needs 0..60000.")
+    for name in ("delay", "stall"):
+        if name in found and not _in_range(found[name], 0, 60_000):
+            raise SimulatorError(
+                400, "invalid_request_error", f"{name}:MS needs 0..60000."
+            )
     if found.get("fault", "429") not in (*FAULTS, *MIDSTREAM_FAULTS):
         raise SimulatorError(
             400, "invalid_request_error", f"fault:{found['fault']}: unknown fault."
@@ -251,7 +258,26 @@ def _generate(body, text, directives, delay):
     if fault == "drop":
         # The body just ends: no message_delta, no message_stop.
         return _sse_response(reply.events(cut_after=MIDSTREAM_DELTAS, tail=[]), delay)
-    return _sse_response(reply.events(), delay)
+    events = reply.events()
+    if "stall" in directives:
+        events = _stalled(events, float(directives["stall"]), current_app.config)
+    return _sse_response(events, delay)
+
+
+def _stalled(events, stall_ms, app_config):
+    """The events, with a pause after the first few deltas (a model thinking)."""
+    for n, event in enumerate(events):
+        yield event
+        # message_start, content_block_start and ping come before the deltas.
+        if n == 2 + MIDSTREAM_DELTAS:
+            yield FLUSH
+            with _LOCK:
+                app_config["SIM_STALLED"] += 1
+            try:
+                time.sleep(stall_ms / 1000)
+            finally:
+                with _LOCK:
+                    app_config["SIM_STALLED"] -= 1
 
 
 def _reply_pieces(text, wanted):
@@ -379,13 +405,18 @@ def _watched(body, app_config):
                 app_config["SIM_ABANDONED"] += 1
 
 
+def streams_stalled(app):
+    """How many streamed replies are in their ``stall:MS`` pause right now."""
+    return app.config["SIM_STALLED"]
+
+
 def streams_abandoned(app):
     """How many streamed replies the client closed before they ended."""
     return app.config["SIM_ABANDONED"]
 
 
 def _paced(chunks, delay_ms):
-    for n, chunk in enumerate(chunks):
+    for n, chunk in enumerate(c for c in chunks if c != FLUSH):
         if n:
             time.sleep(delay_ms / 1000)
         yield chunk
@@ -396,7 +427,7 @@ def _coalesced(chunks, size=64 * 1024):
     buffer = b""
     for chunk in chunks:
         buffer += chunk
-        if len(buffer) >= size:
+        if len(buffer) >= size or (chunk == FLUSH and buffer):
             yield buffer
             buffer = b""
     if buffer:
