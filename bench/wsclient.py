@@ -19,7 +19,9 @@ from urllib.parse import urlsplit
 from bench.common import BenchError
 
 TEXT, CLOSE, PING, PONG = 0x1, 0x8, 0x9, 0xA
-STAMP = re.compile(rb'^\{"type": "text", "text": "@(\d+)@')
+TEXT_FRAME = b'{"type": "text", "text": "'
+# Deltas a few milliseconds apart share a frame: each keeps its stamp.
+STAMP = re.compile(rb"@(\d+)@")
 KIND = re.compile(rb'^\{"type": "([a-z_]+)"')
 
 
@@ -164,11 +166,11 @@ class Crowd:
             self._message(chat, payload, now)
 
     def _message(self, chat, payload, now):
-        stamp = STAMP.match(payload)
-        if stamp:
-            sent = int(stamp.group(1))
-            chat.delays.append(now - sent)
-            chat.stamps.append(sent)
+        if payload.startswith(TEXT_FRAME):
+            for stamp in STAMP.findall(payload):
+                sent = int(stamp)
+                chat.delays.append(now - sent)
+                chat.stamps.append(sent)
             return
         kind = KIND.match(payload)
         kind = kind.group(1) if kind else b"?"

@@ -13,9 +13,10 @@ import jwt
 from flask import current_app
 from flask_jwt_extended import decode_token
 from flask_jwt_extended.exceptions import JWTExtendedException
+from sqlalchemy import false, select
 
 from app.auth import external
-from app.auth.tokens import is_revoked
+from app.auth.tokens import is_revoked, revocation_keys, revoked
 from app.auth.users import user_for_subject
 from app.models import User
 
@@ -90,6 +91,24 @@ def _user(session, verified):
         return session.get(User, int(subject))
     except ValueError:
         raise NotAuthenticated("invalid token: bad subject") from None
+
+
+def still_valid(session, user_id, claims, token):
+    """The active ``User`` of a token verified earlier, in one query.
+
+    For a token held open on a socket: the signature and claims were checked when
+    it was accepted, so this only asks whether it was revoked since, or its user
+    disabled. Raises ``NotAuthenticated`` like ``verify``.
+    """
+    keys = revocation_keys(claims, token)
+    found = session.execute(
+        select(User, revoked(keys) if keys else false()).where(User.id == user_id)
+    ).first()
+    if found is not None and found[1]:
+        raise NotAuthenticated("this token was revoked: sign in again")
+    if found is None or found[0].disabled:
+        raise NotAuthenticated("this account does not exist or is disabled")
+    return found[0]
 
 
 def token_expires_at(token):

@@ -52,8 +52,12 @@ def _digest(token):
 
 def is_revoked(session, claims, token=None):
     keys = revocation_keys(claims, token)
-    found = select(RevokedToken.jti).where(RevokedToken.jti.in_(keys)).limit(1)
-    return bool(keys) and session.scalar(found) is not None
+    return bool(keys) and session.scalar(select(revoked(keys))) is True
+
+
+def revoked(keys):
+    """A SQL truth value: one of these blocklist keys is on the list."""
+    return select(RevokedToken.jti).where(RevokedToken.jti.in_(keys)).exists()
 
 
 def revoke(session, user_id, claims, token=None, now=None):

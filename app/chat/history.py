@@ -36,9 +36,9 @@ def messages_for(session, chat_session_id):
 
 
 def add_exchange(session, chat_session_id, user_text, reply_text, message_id):
-    """Append the user's text and Claude's reply (one bulk insert, no ORM flush)."""
+    """Append the user's text and Claude's reply (one plain insert, no ORM flush)."""
     session.execute(
-        insert(ChatTurn),
+        insert(ChatTurn.__table__),
         [
             {
                 "session_id": chat_session_id,

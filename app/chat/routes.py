@@ -11,7 +11,12 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
 from app.auth.budgets import budget_left, money_text
-from app.auth.identity import NotAuthenticated, token_expires_at, user_from_token
+from app.auth.identity import (
+    NotAuthenticated,
+    still_valid,
+    token_expires_at,
+    verify,
+)
 from app.auth.limits import chat_limits, chat_refusal
 from app.chat import history
 from app.chat.frames import FrameSender
@@ -71,6 +76,7 @@ class ChatConnection:
         self.spool = app.extensions["tally.spool"]
         self.authorization = authorization
         self.token = None
+        self.claims = None
         self.expires_at = None
         self.checked_at = 0.0
         self.pending = {}  # message id -> (session id, cost) until the worker saved it
@@ -113,11 +119,19 @@ class ChatConnection:
 
     def _verify(self, session, token, *, same_user):
         """Check ``token`` inside a transaction the caller has open."""
-        user = user_from_token(session, token)
+        claims, user = verify(session, token)
         if same_user and user.id != self.user_id:
             raise NotAuthenticated("a token for another user")
         self.user_id, self.username = user.id, user.username
-        self.token, self.expires_at = token, token_expires_at(token)
+        self.token, self.claims = token, claims
+        self.expires_at = token_expires_at(token)
+        self.checked_at = time.monotonic()
+
+    def _still_valid(self, session):
+        """The socket's token may still start a call: not expired nor revoked."""
+        if self.expires_at is not None and datetime.now(UTC) >= self.expires_at:
+            raise NotAuthenticated("the token has expired: sign in again")
+        still_valid(session, self.user_id, self.claims, self.token)
         self.checked_at = time.monotonic()
 
     def _refuse(self, exc):
@@ -189,7 +203,7 @@ class ChatConnection:
         """The session and its history, unless signed out, over budget or rate."""
         with unit_of_work(self.db) as session:
             # A token revoked since the last check must not start a paid call.
-            self._verify(session, self.token, same_user=True)
+            self._still_valid(session)
             refusal = chat_refusal(session, self.user_id)
             if refusal is not None:
                 raise ChatRefused(*refusal)
@@ -277,7 +291,9 @@ class ChatConnection:
                         session, chat_session_id, text, result.text, call.message_id
                     )
                 outbox.add(session, call)
-                session_cost = self._session_cost(session, chat_session_id)
+                session_cost = self._session_cost(
+                    session, chat_session_id, call.message_id
+                )
         except DBAPIError:
             log.exception(
                 "usage %s: the database refused the outbox entry", call.message_id
@@ -293,7 +309,7 @@ class ChatConnection:
             self.relay.wake()
         return session_cost
 
-    def _session_cost(self, session, chat_session_id):
+    def _session_cost(self, session, chat_session_id, current):
         """Saved cost of the session plus this socket's calls the worker has not saved.
 
         A call the worker saved a moment ago is in the session row already, though
@@ -304,14 +320,18 @@ class ChatConnection:
             for message_id, (sid, cost) in self.pending.items()
             if sid == chat_session_id
         }
-        saved_ids = set(
-            session.scalars(
-                select(UsageRecord.message_id).where(
-                    UsageRecord.message_id.in_(list(mine)),
-                    UsageRecord.user_id == self.user_id,
+        # The call just finished is not relayed yet; earlier ones may be saved.
+        earlier = [message_id for message_id in mine if message_id != current]
+        saved_ids = set()
+        if earlier:
+            saved_ids = set(
+                session.scalars(
+                    select(UsageRecord.message_id).where(
+                        UsageRecord.message_id.in_(earlier),
+                        UsageRecord.user_id == self.user_id,
+                    )
                 )
             )
-        )
         saved = session.scalar(
             select(SessionUsage.cost).where(
                 SessionUsage.session_id == chat_session_id,

@@ -22,7 +22,9 @@ log = logging.getLogger(__name__)
 def add(session, call):
     payload = json.dumps(call.to_payload())
     session.execute(
-        insert(OutboxEntry).values(message_id=call.message_id, payload=payload)
+        insert(OutboxEntry.__table__).values(
+            message_id=call.message_id, payload=payload
+        )
     )
 
 
