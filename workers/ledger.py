@@ -18,7 +18,7 @@ from app.models import (
     SessionUsage,
     UsageRecord,
 )
-from app.usage.rates import RateCache
+from app.usage.rates import shared_rates
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def save_calls(session, calls):
     calls = _unique(calls)
     if not calls:
         return []
-    rates = RateCache()  # per batch: a price change between batches is seen
+    rates = shared_rates()
     rows = [_ledger_row(call, rates) for call in calls]
     new_keys = _insert_new(session, rows)
     new_rows = [

@@ -10,7 +10,17 @@ from bisect import bisect_left
 from dataclasses import dataclass, replace
 from decimal import Decimal
 
-from app.usage.pricing import Price, price_call, tier_starts, utc_day
+from app.usage.pricing import (
+    Price,
+    load_overrides,
+    price_call,
+    tier_starts,
+    utc_day,
+)
+
+# Groups one process keeps; models priced by the hour add a group per call time.
+MAX_GROUPS = 10_000
+_shared = None
 
 
 @dataclass(frozen=True)
@@ -24,12 +34,27 @@ class _Rates:
     web_search: Decimal
 
 
+def shared_rates():
+    """This process's ``RateCache``, begun afresh when the price overrides are
+    reloaded (``flask usage reprice``) or when it has grown large."""
+    global _shared
+    overrides = load_overrides()
+    if _shared is None or _shared.overrides is not overrides or _shared.full:
+        _shared = RateCache(overrides)
+    return _shared
+
+
 class RateCache:
     """Prices calls like ``price_call`` does, from rates priced once per group."""
 
-    def __init__(self):
+    def __init__(self, overrides=None):
+        self.overrides = overrides
         self._rates = {}
         self._tiers = {}
+
+    @property
+    def full(self):
+        return len(self._rates) >= MAX_GROUPS
 
     def price(self, call):
         total_input = _total_input(call)

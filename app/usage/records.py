@@ -68,8 +68,7 @@ class CallUsage:
     def from_payload(cls, payload):
         if not isinstance(payload, dict):
             raise InvalidRecord(f"a usage record is a JSON object, not {payload!r}")
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in payload.items() if k in known}
+        values = {k: v for k, v in payload.items() if k in _KNOWN}
         for name in ("message_id", "session_id", "model"):
             if not isinstance(values.get(name), str) or not values[name]:
                 raise InvalidRecord(f"usage record needs a non-empty {name}")
@@ -92,6 +91,7 @@ class CallUsage:
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(CallUsage))
+_KNOWN = frozenset(_FIELD_NAMES)
 
 
 def _parse_time(value):
