@@ -212,7 +212,9 @@ def test_redis_restarted_during_the_load(make_stack, private_redis):
         delivered_again=batch_figures(stack.workers.logs())["again"],
     )
     check_exactly_once(stack, figures, settled)
-    assert queued >= 16
+    # The burst's 16 tasks waited in Redis when it died, but one: the paused
+    # worker's blocking fetch, issued before the pause, may already hold it.
+    assert queued >= 15
     assert sum(stack.handed) - len(sent) >= len(burst)
     # The same worker reconnected twice: losing Redis did not end it.
     assert len(stack.workers.all) == 1 and stack.workers.current.proc.poll() is None

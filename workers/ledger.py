@@ -2,15 +2,25 @@
 
 Everything happens in the caller's transaction: a record is either in the ledger
 and in its session and daily rows, or in none of them.
+
+On PostgreSQL a batch is one statement: the records travel as one JSON
+parameter, the ledger insert returns the rows that were new, and the same
+statement sums those into the session and daily rows. Python then does no
+per-row SQL work, which is most of what a batch would otherwise cost. SQLite
+gets the same result from three statements.
 """
 
+import json
 import logging
 from collections import defaultdict
+from datetime import UTC, datetime
 from decimal import Decimal
+from functools import lru_cache
 
-from sqlalchemy import delete, func
+from sqlalchemy import String, delete, func, text
 from sqlalchemy.dialects import postgresql, sqlite
 
+from app.db import Money
 from app.models import (
     TOTAL_MEASURES,
     DailyUsage,
@@ -32,17 +42,20 @@ def save_calls(session, calls):
         return []
     rates = shared_rates()
     rows = [_ledger_row(call, rates) for call in calls]
-    new_keys = _insert_new(session, rows)
-    new_rows = [
-        row for row in rows if (row["message_id"], row["request_id"]) in new_keys
-    ]
-    _add_to_totals(session, new_rows)
+    if session.get_bind().dialect.name == "postgresql":
+        new_keys = _save_in_one_statement(session, rows)
+    else:
+        new_keys = _insert_new(session, rows)
+        _add_to_totals(
+            session,
+            [r for r in rows if (r["message_id"], r["request_id"]) in new_keys],
+        )
     _clear_outbox(session, [row["message_id"] for row in rows])
     log.info(
         "usage batch: %d records, %d new, %d already saved",
         len(rows),
-        len(new_rows),
-        len(rows) - len(new_rows),
+        len(new_keys),
+        len(rows) - len(new_keys),
     )
     return sorted(new_keys)
 
@@ -139,6 +152,77 @@ def _least(session, a, b):
 def _greatest(session, a, b):
     sqlite_db = session.get_bind().dialect.name == "sqlite"
     return func.max(a, b) if sqlite_db else func.greatest(a, b)
+
+
+def _save_in_one_statement(session, rows):
+    """PostgreSQL: ledger insert and both totals in one statement; the new keys."""
+    money = Money()
+    dialect = session.get_bind().dialect
+    for row in rows:
+        money.process_bind_param(row["cost"], dialect)  # more than 12 places: error
+    payload = json.dumps([_json_row(row) for row in rows])
+    found = session.execute(
+        _one_statement(), {"rows": payload, "saved_at": datetime.now(UTC)}
+    )
+    return {tuple(r) for r in found}
+
+
+def _json_row(row):
+    cost = row["cost"]
+    return row | {
+        "occurred_at": row["occurred_at"].isoformat(),
+        "cost": None if cost is None else str(cost),
+    }
+
+
+@lru_cache(maxsize=1)
+def _one_statement():
+    """The PostgreSQL statement, written from the tables' own columns."""
+    ledger = UsageRecord.__table__
+    pg = postgresql.dialect()
+    columns = [c for c in ledger.columns if c.name not in ("id", "saved_at")]
+    fields = ", ".join(f"{c.name} {_field_type(c, pg)}" for c in columns)
+    names = ", ".join(c.name for c in columns)
+    counts = ", ".join(f"sum({name})" for name in SUMMED[2:-1])
+    sums = "count(*), count(*) FILTER (WHERE cost IS NULL), " + counts
+    sums += ", coalesce(sum(cost), 0)"
+    measures = ", ".join(SUMMED)
+
+    def added(table):
+        return ", ".join(f"{n} = {table}.{n} + excluded.{n}" for n in SUMMED)
+
+    return text(f"""
+        WITH incoming AS (
+            SELECT * FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r({fields})
+        ), new AS (
+            INSERT INTO usage_records ({names}, saved_at)
+            SELECT {names}, :saved_at FROM incoming
+            ON CONFLICT (message_id, request_id) DO NOTHING
+            RETURNING *
+        ), sessions AS (
+            INSERT INTO session_usage (session_id, user_id, {measures},
+                                       first_at, last_at)
+            SELECT session_id, user_id, {sums}, min(occurred_at), max(occurred_at)
+            FROM new GROUP BY session_id, user_id ORDER BY session_id, user_id
+            ON CONFLICT (session_id, user_id) DO UPDATE SET {added("session_usage")},
+                first_at = least(session_usage.first_at, excluded.first_at),
+                last_at = greatest(session_usage.last_at, excluded.last_at)
+        ), days AS (
+            INSERT INTO daily_usage (user_id, day, model, {measures})
+            SELECT user_id, (occurred_at AT TIME ZONE 'UTC')::date AS day, model,
+                   {sums}
+            FROM new GROUP BY user_id, day, model ORDER BY user_id, day, model
+            ON CONFLICT (user_id, day, model) DO UPDATE SET {added("daily_usage")}
+        )
+        SELECT message_id, request_id FROM new
+    """)
+
+
+def _field_type(column, dialect):
+    # Text in, so that the table's own column types refuse an overlong string.
+    if isinstance(column.type, String):
+        return "text"
+    return column.type.compile(dialect=dialect)
 
 
 def _clear_outbox(session, message_ids):
