@@ -131,8 +131,9 @@ class ChatConnection:
         """The socket's token may still start a call: not expired nor revoked."""
         if self.expires_at is not None and datetime.now(UTC) >= self.expires_at:
             raise NotAuthenticated("the token has expired: sign in again")
-        still_valid(session, self.user_id, self.claims, self.token)
+        user = still_valid(session, self.user_id, self.claims, self.token)
         self.checked_at = time.monotonic()
+        return user
 
     def _refuse(self, exc):
         log.info("chat socket refused: %s", exc)
@@ -203,8 +204,10 @@ class ChatConnection:
         """The session and its history, unless signed out, over budget or rate."""
         with unit_of_work(self.db) as session:
             # A token revoked since the last check must not start a paid call.
-            self._still_valid(session)
-            refusal = chat_refusal(session, self.user_id)
+            # Held for the block: the session keeps loaded rows only while they
+            # are referenced, and the budget check reads this one again.
+            user = self._still_valid(session)
+            refusal = chat_refusal(session, user.id)
             if refusal is not None:
                 raise ChatRefused(*refusal)
             chat = history.open_session(
