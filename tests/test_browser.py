@@ -1,5 +1,8 @@
 """The pages as a person uses them, in a real headless Chromium."""
 
+import time
+
+import jwt
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
@@ -7,7 +10,9 @@ from app import config, create_app
 from app.auth import users
 from app.db import unit_of_work
 from tests.browser import launch, screenshot, send, sign_in
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, replace_settings, wait_for
+
+TOKEN = "sessionStorage.getItem('tally.token')"
 
 
 @pytest.fixture
@@ -80,3 +85,50 @@ def test_production_signs_in_with_a_password(settings, db):
             browser.close()
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_an_open_chat_outlives_its_access_token(settings, db, celery_sender, worker):
+    # One-minute access tokens: the page renews at 48 s and tells the socket.
+    app = create_app(
+        replace_settings(settings, access_token_minutes=1), celery=celery_sender
+    )
+    server = LiveServer(app)
+    try:
+        with sync_playwright() as playwright:
+            browser, page = launch(playwright)
+            sign_in(page, server.url, "tessa")
+            first = page.evaluate(TOKEN)
+            expiry = jwt.decode(first, options={"verify_signature": False})["exp"]
+
+            page.wait_for_function(f"t => {TOKEN} !== t", arg=first, timeout=70_000)
+            # Past the first token's expiry the server closes a socket that was
+            # not told of a new one; this one stays, and chats.
+            wait_for(lambda: time.time() > expiry + 2, timeout=75)
+            send(page, "still here")
+            expect(page.locator(".msg.assistant").last).to_contain_text(
+                "Simulated reply. You said: still here."
+            )
+            expect(page.locator(".save-mark").last).to_have_text(
+                "saved ✓", timeout=30_000
+            )
+            expect(page.locator("#login-form")).to_be_hidden()
+            browser.close()
+    finally:
+        server.stop()
+
+
+def test_signing_out_revokes_the_token_on_the_server(page, live_server):
+    sign_in(page, live_server.url, "uma")
+    token = page.evaluate(TOKEN)
+    client = live_server.app.test_client()
+    headers = {"Authorization": f"Bearer {token}"}
+    assert client.get("/api/me", headers=headers).status_code == 200
+
+    page.click("#sign-out")
+    expect(page.locator("#login-form")).to_be_visible()
+    wait_for(
+        lambda: client.get("/api/me", headers=headers).status_code == 401,
+        message="the signed-out token refused",
+    )
+    assert page.evaluate(TOKEN) is None

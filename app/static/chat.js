@@ -2,7 +2,7 @@
 // Tally chat page: signs in, speaks the /ws/chat protocol and shows exact usage.
 // Server data only ever reaches the DOM as text (textContent / text nodes).
 (() => {
-  const TOKEN_KEY = "tally.token";
+  const session = window.TallySession;
   const SAVE_TEXT = {
     saved: "saved ✓",
     pending: "pending…",
@@ -14,6 +14,7 @@
 
   const state = {
     ws: null,
+    connecting: false,
     ready: false,
     streaming: false,
     sessionId: null,
@@ -240,10 +241,13 @@
 
   // ---- websocket -------------------------------------------------------------
 
-  function connect() {
-    if (state.ws) return; // a double click on Reconnect must not open two sockets
-    const token = sessionStorage.getItem(TOKEN_KEY);
+  async function connect() {
+    // A double click on Reconnect must not open two sockets.
+    if (state.ws || state.connecting) return;
+    state.connecting = true;
+    const token = await session.fresh().finally(() => (state.connecting = false));
     if (!token) return showLogin();
+    session.schedule();
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     const ws = new WebSocket(`${scheme}://${location.host}/ws/chat`);
     state.ws = ws;
@@ -260,7 +264,7 @@
     if (state.streaming) finishReply("(reply interrupted)");
     updateControls();
     if (ev.code !== 4401) return setStatus("disconnected", true);
-    sessionStorage.removeItem(TOKEN_KEY);
+    session.clear();
     showLogin(state.authMessage || "Please sign in again.");
     state.authMessage = null;
   }
@@ -312,15 +316,14 @@
     });
     const data = await resp.json().catch(() => ({}));
     if (!resp.ok) throw new Error(data.error || `Sign in failed (HTTP ${resp.status})`);
-    return data.access_token;
+    return data;
   }
 
   async function onLogin(ev) {
     ev.preventDefault();
     $("#login-button").disabled = true;
     try {
-      const token = await requestToken($("#username").value.trim());
-      sessionStorage.setItem(TOKEN_KEY, token);
+      session.store(await requestToken($("#username").value.trim()));
       setError("");
       connect();
     } catch (err) {
@@ -359,7 +362,7 @@
 
   function signOut() {
     disconnect();
-    sessionStorage.removeItem(TOKEN_KEY);
+    session.signOut();
     newChat();
     showLogin();
   }
@@ -371,6 +374,11 @@
     $("#new-chat").addEventListener("click", newChat);
     $("#sign-out").addEventListener("click", signOut);
     $("#reconnect").addEventListener("click", connect);
+    // A renewed token goes to the open socket, which then stays open past the
+    // old token's expiry.
+    session.onRenewed((token) => {
+      if (state.ws && state.ready) state.ws.send(JSON.stringify({ type: "auth", token }));
+    });
     connect();
   }
 

@@ -2,7 +2,7 @@
 // Tally usage page: figures from the JSON API, signed in with the chat page's token.
 // Server data only ever reaches the DOM as text (textContent / text nodes).
 (() => {
-  const TOKEN_KEY = "tally.token";
+  const session = window.TallySession;
   const SVG_NS = "http://www.w3.org/2000/svg";
   const DEFAULT_DAYS = 30;
   const MAX_FILLED_DAYS = 400; // longer ranges chart only the days with calls
@@ -28,7 +28,6 @@
   });
 
   const state = {
-    token: null,
     me: null,
     admin: false,
     users: new Set(), // usernames seen in everyone's usage, for the admin's selector
@@ -155,13 +154,17 @@
       if (value !== "" && value != null) query.set(name, value);
     }
     const url = query.toString() ? `${path}?${query}` : path;
-    const resp = await fetch(url, {
-      headers: { Authorization: `Bearer ${state.token}` },
-    });
+    let resp = await get(url);
+    if (resp.status === 401 && (await session.refresh())) resp = await get(url);
     const body = await resp.json().catch(() => ({}));
     if (resp.status === 401) throw new SignedOut(body.error || "Please sign in again.");
     if (!resp.ok) throw new Error(body.error || `Request failed (HTTP ${resp.status})`);
     return body;
+  }
+
+  async function get(url) {
+    const token = await session.fresh();
+    return fetch(url, { headers: { Authorization: `Bearer ${token}` } });
   }
 
   function filters() {
@@ -201,7 +204,7 @@
 
   function fail(err) {
     if (!(err instanceof SignedOut)) return setError(err.message);
-    sessionStorage.removeItem(TOKEN_KEY);
+    session.clear();
     showSignedOut(err.message);
   }
 
@@ -578,8 +581,8 @@
   }
 
   async function init() {
-    state.token = sessionStorage.getItem(TOKEN_KEY);
-    if (!state.token) return showSignedOut();
+    if (!(await session.fresh())) return showSignedOut();
+    session.schedule();
     fillZones();
     setDefaultDays();
     try {
