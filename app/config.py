@@ -59,6 +59,8 @@ class Settings:
     chats_per_minute: int = 30
     # Text deltas arriving closer together than this share one websocket frame.
     text_frame_ms: int = 30
+    # Bearer token Prometheus sends for /metrics; unset: open in development only.
+    metrics_token: str | None = None
 
     @property
     def external_tokens(self):
@@ -107,6 +109,7 @@ def load(env=None):
         refresh_token_days=_positive(env, "TALLY_REFRESH_TOKEN_DAYS", 30),
         chats_per_minute=_int(env, "TALLY_CHATS_PER_MINUTE", 30),
         text_frame_ms=_int(env, "TALLY_TEXT_FRAME_MS", 30),
+        metrics_token=env.get("TALLY_METRICS_TOKEN") or None,
     )
     _check_external(settings)
     if settings.chats_per_minute < 0:

@@ -21,6 +21,7 @@ from app.db import unit_of_work
 from app.models import DeadLetter, OutboxEntry, UsageRecord
 from app.usage.records import CallUsage
 from tests.browser import launch, screenshot, send, sign_in
+from tests.conftest import replace_settings
 from workers.ledger import save_calls
 
 # The browser's zone: far from UTC, so a day in it is often not the UTC day.
@@ -477,3 +478,27 @@ def test_metrics_speak_openmetrics_when_asked(quiet_app):
     assert response.content_type.startswith("application/openmetrics-text")
     assert "tally_outbox_depth 0.0\n" in text
     assert text.endswith("# EOF\n")
+
+
+def test_metrics_want_their_bearer_token_when_one_is_set(settings, db):
+    app = create_app(replace_settings(settings, metrics_token="scrape-" + "s" * 30))
+    client = app.test_client()
+
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        refused = client.get("/metrics", headers=headers)
+        assert refused.status_code == 401
+        assert refused.get_json() == {
+            "error": "a bearer token (TALLY_METRICS_TOKEN) is required"
+        }
+    allowed = client.get(
+        "/metrics", headers={"Authorization": "Bearer scrape-" + "s" * 30}
+    )
+    assert allowed.status_code == 200
+    assert "tally_usage_records_total 0.0" in allowed.get_data(as_text=True)
+
+
+def test_production_metrics_stay_closed_without_a_token(settings, db):
+    production = replace_settings(settings, env="production", jwt_secret="p" * 48)
+    response = create_app(production).test_client().get("/metrics")
+    assert response.status_code == 403
+    assert "TALLY_METRICS_TOKEN" in response.get_json()["error"]

@@ -1,10 +1,13 @@
 """Prometheus metrics at /metrics, read from the database at each scrape.
 
-Figures for the whole installation only: no label names a user or a session,
-so the route needs no sign-in. Money is a float here for Prometheus' sake; the
-exact amounts stay in the database and the JSON API.
+Figures for the whole installation only: no label names a user or a session.
+They still tell what the installation spends, so a scraper shows the bearer
+token ``TALLY_METRICS_TOKEN``; without one set, the route is open in development
+and closed in production. Money is a float here for Prometheus' sake; the exact
+amounts stay in the database and the JSON API.
 """
 
+import hmac
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -14,6 +17,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import func, select
 
+from app.auth.access import error_response
 from app.dashboard import bp
 from app.db import unit_of_work
 from app.models import UsageRecord
@@ -87,7 +91,26 @@ def _set_up(state):
 
 @bp.get("/metrics")
 def metrics():
+    refusal = _refusal(current_app.extensions["tally.settings"])
+    if refusal is not None:
+        return refusal
     # Prometheus asks for OpenMetrics or the text format in its Accept header.
     encode, content_type = choose_encoder(request.headers.get("Accept"))
     body = encode(current_app.extensions["tally.metrics"])
     return Response(body, content_type=content_type)
+
+
+def _refusal(settings):
+    expected = settings.metrics_token
+    if expected is None:
+        if settings.development:
+            return None
+        return error_response(
+            403, "set TALLY_METRICS_TOKEN and give it to the scraper as a bearer token"
+        )
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode(), expected.encode()
+    ):
+        return None
+    return error_response(401, "a bearer token (TALLY_METRICS_TOKEN) is required")
