@@ -432,6 +432,44 @@ def test_login_refusals_look_alike(app, db):
     assert malformed.status_code == 400
 
 
+def test_guessing_a_password_is_throttled_per_username(app, db):
+    add_user(app, "alice", PASSWORD)
+    add_user(app, "bob", PASSWORD)
+    for _ in range(5):
+        guess = post(app, "/api/auth/login", username="alice", password="guess")
+        assert guess.status_code == 401
+
+    # The sixth try waits, even with the right password: a guesser learns nothing.
+    throttled = post(app, "/api/auth/login", username="Alice", password=PASSWORD)
+    assert throttled.status_code == 429
+    wait = int(throttled.headers["Retry-After"])
+    assert 890 <= wait <= 900
+    assert throttled.get_json() == {
+        "error": f"too many failed sign-ins: try again in {wait} s"
+    }
+    # Another account from the same address is not locked with it.
+    assert (
+        post(app, "/api/auth/login", username="bob", password=PASSWORD).status_code
+        == 200
+    )
+
+
+def test_a_good_sign_in_clears_earlier_failures(app, db):
+    add_user(app, "alice", PASSWORD)
+    for _ in range(4):
+        post(app, "/api/auth/login", username="alice", password="typo")
+    assert (
+        post(app, "/api/auth/login", username="alice", password=PASSWORD).status_code
+        == 200
+    )
+    for _ in range(4):
+        post(app, "/api/auth/login", username="alice", password="typo")
+    assert (
+        post(app, "/api/auth/login", username="alice", password=PASSWORD).status_code
+        == 200
+    )
+
+
 def test_password_hashes_are_salted_scrypt_and_verify(app, db):
     add_user(app, "alice", PASSWORD)
     add_user(app, "bob", PASSWORD)

@@ -1,8 +1,9 @@
-"""Whether a user may start a chat now: budget left, and chats per minute.
+"""Whether a user may start a chat now (budget left, chats per minute), and
+whether a password may be tried now (failed sign-ins).
 
-The per-minute count lives in this process (a sliding window per user): with
-several web processes each counts on its own, so the effective limit is the
-setting times the number of processes.
+The counts live in this process (sliding windows): with several web processes
+each counts on its own, so the effective limits are the settings times the
+number of processes.
 """
 
 import threading
@@ -52,6 +53,57 @@ class ChatRateLimiter:
         while starts and starts[0] <= now - WINDOW_SECONDS:
             starts.popleft()
         return starts
+
+
+class SignInThrottle:
+    """After ``per_name`` failed sign-ins for one username, or ``per_address``
+    from one address, within ``window`` seconds, refuse more tries for a while.
+
+    A success clears the username's failures, not the address's.
+    """
+
+    def __init__(self, per_name=5, per_address=50, window=900.0, clock=time.monotonic):
+        self.limits = {"name": per_name, "address": per_address}
+        self.window = window
+        self.clock = clock
+        self._failures = defaultdict(deque)
+        self._lock = threading.Lock()
+
+    def wait(self, username, address):
+        """Seconds before a try for ``username`` from ``address`` is heard; 0: now."""
+        with self._lock:
+            now = self.clock()
+            waits = [
+                self._wait(key, limit, now)
+                for key, limit in self._keys(username, address)
+            ]
+        return max(waits)
+
+    def failed(self, username, address):
+        with self._lock:
+            now = self.clock()
+            for key, _ in self._keys(username, address):
+                self._failures[key].append(now)
+
+    def succeeded(self, username):
+        with self._lock:
+            self._failures.pop(("name", username.lower()), None)
+
+    def _keys(self, username, address):
+        return [
+            (("name", username.lower()), self.limits["name"]),
+            (("address", address or "-"), self.limits["address"]),
+        ]
+
+    def _wait(self, key, limit, now):
+        failures = self._failures.get(key)
+        if not failures:
+            return 0.0
+        while failures and failures[0] <= now - self.window:
+            failures.popleft()
+        if len(failures) < limit:
+            return 0.0
+        return failures[-limit] + self.window - now
 
 
 def limiter():

@@ -3,6 +3,7 @@ development: elsewhere its route is never registered.
 """
 
 import logging
+import math
 from datetime import timedelta
 
 from flask import Blueprint, current_app, jsonify, request
@@ -11,7 +12,7 @@ from app import config
 from app.auth import external, tokens, users
 from app.auth.access import bearer_token, error_response, unauthorized
 from app.auth.identity import NotAuthenticated, verify
-from app.auth.limits import ChatRateLimiter
+from app.auth.limits import ChatRateLimiter, SignInThrottle
 from app.db import unit_of_work
 from app.extensions import jwt
 
@@ -35,6 +36,7 @@ def _set_up(state):
     )
     app.extensions["tally.issuer"] = external.load_issuer(settings)
     app.extensions["tally.chat_limiter"] = ChatRateLimiter(settings.chats_per_minute)
+    app.extensions["tally.sign_in_throttle"] = SignInThrottle()
     jwt.token_in_blocklist_loader(tokens.blocklist_loader)
     if settings.development:
         app.register_blueprint(dev_bp)
@@ -54,16 +56,36 @@ def login():
     username, password = body.get("username"), body.get("password")
     if not isinstance(username, str) or not isinstance(password, str):
         return error_response(400, "send JSON with a username and a password")
+    throttle, address = current_app.extensions["tally.sign_in_throttle"], _address()
+    wait = throttle.wait(username, address)
+    if wait > 0:
+        log.warning("sign-in for %r from %s throttled", username, address)
+        return _too_many(wait)
     with unit_of_work(_db()) as session:
         user = users.authenticate(session, username, password)
         if user is None:
+            throttle.failed(username, address)
             log.info("sign-in refused for %r: wrong username or password", username)
             return unauthorized("wrong username or password")
+        throttle.succeeded(username)
         if user.disabled:
             return error_response(403, "this account is disabled")
         issued = tokens.issue_tokens(user.id)
         log.info("user %s signed in", user.id)
         return jsonify(**issued, user=user_body(user))
+
+
+def _address():
+    return request.remote_addr
+
+
+def _too_many(wait):
+    seconds = max(1, math.ceil(wait))
+    response = error_response(
+        429, f"too many failed sign-ins: try again in {seconds} s"
+    )
+    response.headers["Retry-After"] = str(seconds)
+    return response
 
 
 @bp.post("/refresh")
