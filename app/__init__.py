@@ -48,6 +48,7 @@ def _register(app):
     from app.api import bp as api_bp
     from app.auth.cli import users_cli
     from app.auth.routes import bp as auth_bp
+    from app.chat.api import bp as chats_bp
     from app.chat.routes import bp as chat_bp
     from app.dashboard import bp as dashboard_bp
     from app.usage.cli import usage_cli
@@ -56,6 +57,7 @@ def _register(app):
     app.register_blueprint(api_bp)
     app.register_blueprint(auth_bp)
     app.register_blueprint(chat_bp)
+    app.register_blueprint(chats_bp)
     app.register_blueprint(dashboard_bp)
     app.register_blueprint(usage_bp)
     app.cli.add_command(usage_cli)

@@ -132,3 +132,35 @@ def test_signing_out_revokes_the_token_on_the_server(page, live_server):
         message="the signed-out token refused",
     )
     assert page.evaluate(TOKEN) is None
+
+
+def test_a_reload_reopens_the_conversation_and_it_goes_on(page, live_server, worker):
+    sign_in(page, live_server.url, "vera")
+    send(page, "replay:01_text_claude-sonnet-4-5.sse")
+    expect(page.locator(".save-mark").last).to_have_text("saved ✓", timeout=30_000)
+    reply = page.locator(".msg.assistant").last.locator(".body").inner_text()
+    line = page.locator(".usage-line").last.inner_text()
+
+    page.reload()
+    expect(page.locator("#send")).to_be_enabled()
+    expect(page.locator(".msg.user")).to_have_text(
+        ["replay:01_text_claude-sonnet-4-5.sse"]
+    )
+    expect(page.locator(".msg.assistant .body")).to_have_text([reply])
+    expect(page.locator(".usage-line")).to_have_text([line])
+    expect(page.locator("#session-cost")).to_have_text("Session: $0.000135")
+
+    # The next message continues the same conversation: one chat, two calls.
+    send(page, "tokens:4 go on")
+    expect(page.locator(".save-mark").last).to_have_text("saved ✓", timeout=30_000)
+    expect(page.locator(".msg.user")).to_have_count(2)
+    options = page.locator("#history option")
+    expect(options).to_have_count(2)  # the placeholder and this one chat
+    expect(options.nth(1)).to_contain_text("replay:01_text_claude-sonnet-4-5.sse")
+
+    # A new chat empties the page; the list brings the old one back.
+    page.click("#new-chat")
+    expect(page.locator(".msg")).to_have_count(0)
+    page.select_option("#history", index=1)
+    expect(page.locator(".msg.user")).to_have_count(2)
+    expect(page.locator(".save-mark")).to_have_text(["saved ✓", "saved ✓"])

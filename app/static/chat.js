@@ -3,6 +3,7 @@
 // Server data only ever reaches the DOM as text (textContent / text nodes).
 (() => {
   const session = window.TallySession;
+  const CHAT_KEY = "tally.chat"; // the open conversation, reopened after a reload
   const SAVE_TEXT = {
     saved: "saved ✓",
     pending: "pending…",
@@ -48,6 +49,7 @@
   function updateControls() {
     $("#send").disabled = !state.ready || state.streaming;
     $("#new-chat").disabled = state.streaming;
+    $("#history").disabled = state.streaming;
   }
 
   function scrollToEnd() {
@@ -170,6 +172,7 @@
 
   const handlers = {
     ready(f) {
+      const first = !state.ready && !$("#transcript").hasChildNodes();
       state.ready = true;
       state.authMessage = null;
       state.contextWindow = f.context_window ?? state.contextWindow;
@@ -179,6 +182,9 @@
       showChat();
       setStatus("");
       updateControls();
+      loadHistory();
+      const open = sessionStorage.getItem(CHAT_KEY);
+      if (first && open) openChat(open);
     },
     start(f) {
       state.current = newTurn(f.message_id);
@@ -208,6 +214,7 @@
       renderUsage(turn);
       setSessionCost(f.session_cost);
       finishReply();
+      loadHistory();
     },
     usage_saved(f) {
       const turn = state.turns.get(f.message_id);
@@ -234,7 +241,10 @@
   };
 
   function onFrame(frame) {
-    if (typeof frame.session_id === "string") state.sessionId = frame.session_id;
+    if (typeof frame.session_id === "string") {
+      state.sessionId = frame.session_id;
+      sessionStorage.setItem(CHAT_KEY, frame.session_id);
+    }
     const handle = handlers[frame.type];
     if (handle) handle(frame);
   }
@@ -333,6 +343,78 @@
     }
   }
 
+  // ---- earlier chats ---------------------------------------------------------
+
+  async function api(path) {
+    const token = await session.fresh();
+    const resp = await fetch(path, { headers: { Authorization: `Bearer ${token}` } });
+    const body = await resp.json().catch(() => ({}));
+    const failure = new Error(body.error || `HTTP ${resp.status}`);
+    if (!resp.ok) throw Object.assign(failure, { status: resp.status });
+    return body;
+  }
+
+  async function loadHistory() {
+    let chats;
+    try {
+      ({ chats } = await api("/api/chats"));
+    } catch {
+      return; // the list is a convenience: the chat works without it
+    }
+    const select = $("#history");
+    const options = chats.map((c) => {
+      const when = new Date(c.last_at).toLocaleString();
+      const option = el("option", null, `${c.title} · ${when} · ${money(c.cost)}`);
+      option.value = c.id;
+      return option;
+    });
+    select.replaceChildren(select.options[0], ...options);
+    select.value = state.sessionId ?? "";
+  }
+
+  // Show a past conversation as it streamed; the next message continues it.
+  async function openChat(id) {
+    let found;
+    try {
+      found = await api(`/api/chats/${encodeURIComponent(id)}`);
+    } catch (err) {
+      if (err.status === 404) sessionStorage.removeItem(CHAT_KEY);
+      else setError(`Could not open the chat: ${err.message}`);
+      return;
+    }
+    newChat();
+    state.sessionId = found.chat.id;
+    sessionStorage.setItem(CHAT_KEY, found.chat.id);
+    $("#history").value = found.chat.id;
+    let last = null;
+    for (const t of found.turns) {
+      if (t.role === "user") {
+        addUserBubble(t.text);
+        continue;
+      }
+      const turn = newTurn(t.message_id);
+      turn.text.appendData(t.text);
+      if (t.usage) {
+        Object.assign(turn, { usage: t.usage, cost: t.usage.cost, costKnown: true });
+        last = t.usage;
+      }
+      turn.save = t.usage ? "saved" : "pending";
+      renderUsage(turn);
+    }
+    setSessionCost(found.chat.cost);
+    if (last) {
+      const total = last.input_tokens + last.cache_creation_tokens
+        + last.cache_read_tokens + last.output_tokens;
+      renderContext(total, total / state.contextWindow, state.contextWindow);
+    }
+  }
+
+  function onPickChat() {
+    const id = $("#history").value;
+    if (!id) return newChat();
+    if (id !== state.sessionId) openChat(id);
+  }
+
   // ---- chat controls ---------------------------------------------------------
 
   function onSend(ev) {
@@ -351,6 +433,8 @@
   }
 
   function newChat() {
+    sessionStorage.removeItem(CHAT_KEY);
+    $("#history").value = "";
     state.sessionId = null;
     state.current = null;
     state.turns.clear();
@@ -363,6 +447,7 @@
   function signOut() {
     disconnect();
     session.signOut();
+    $("#history").replaceChildren($("#history").options[0]);
     newChat();
     showLogin();
   }
@@ -372,6 +457,7 @@
     $("#chat-form").addEventListener("submit", onSend);
     $("#message").addEventListener("keydown", onKey);
     $("#new-chat").addEventListener("click", newChat);
+    $("#history").addEventListener("change", onPickChat);
     $("#sign-out").addEventListener("click", signOut);
     $("#reconnect").addEventListener("click", connect);
     // A renewed token goes to the open socket, which then stays open past the

@@ -1,0 +1,57 @@
+"""Past chats: listed and reopened with the usage they had, and only by their owner."""
+
+from tests.conftest import login
+
+
+def get(app, path, token):
+    return app.test_client().get(path, headers={"Authorization": f"Bearer {token}"})
+
+
+def test_a_chat_reopens_with_its_turns_and_saved_usage(
+    worker, chat_client, live_server
+):
+    app = live_server.app
+    client = chat_client("alice")
+    first = client.chat("replay:01_text_claude-sonnet-4-5.sse")[-1]
+    client.until("usage_saved")
+    chat_id = next(f for f in client.frames if f["type"] == "start")["session_id"]
+    client.chat("tokens:5 and a second question", session_id=chat_id)
+    client.until("usage_saved")
+    token = login(app, "alice")["access_token"]
+
+    (listed,) = get(app, "/api/chats", token).get_json()["chats"]
+    shown = get(app, f"/api/chats/{chat_id}", token).get_json()
+
+    assert listed["id"] == chat_id
+    assert listed["title"] == "replay:01_text_claude-sonnet-4-5.sse"
+    assert listed["calls"] == 2
+    assert listed["cost"] == shown["chat"]["cost"]
+    roles = [t["role"] for t in shown["turns"]]
+    assert roles == ["user", "assistant", "user", "assistant"]
+    recorded, generated = shown["turns"][1], shown["turns"][3]
+    assert recorded["message_id"] == first["message_id"]
+    assert recorded["usage"]["cost"] == "0.000135"
+    assert (
+        recorded["usage"]["input_tokens"],
+        recorded["usage"]["output_tokens"],
+    ) == (first["usage"]["input_tokens"], first["usage"]["output_tokens"])
+    assert generated["text"] == "Simulated reply. You said: and"
+    assert generated["usage"]["output_tokens"] == 5
+
+
+def test_another_users_chat_is_not_found(worker, chat_client, live_server):
+    app = live_server.app
+    client = chat_client("alice")
+    client.chat("tokens:3 private")
+    client.until("usage_saved")
+    chat_id = next(f for f in client.frames if f["type"] == "start")["session_id"]
+    mallory = login(app, "mallory")["access_token"]
+
+    assert get(app, "/api/chats", mallory).get_json() == {"chats": []}
+    response = get(app, f"/api/chats/{chat_id}", mallory)
+    assert (response.status_code, response.get_json()) == (
+        404,
+        {"error": "no such chat"},
+    )
+    assert get(app, "/api/chats", "not-a-token").status_code == 401
+    assert get(app, "/api/chats?limit=0", mallory).status_code == 400
