@@ -7,6 +7,7 @@ from flask import Flask, jsonify
 
 from app import config
 from app.chat.frames import Flusher
+from app.chat.saves import SaveWatcher
 from app.db import make_engine, make_session_factory
 from app.extensions import jwt, sock
 from app.usage.outbox import Relay
@@ -36,6 +37,7 @@ def create_app(settings=None, *, celery=None):
     app.extensions["tally.claude"] = claude_client(settings)
     app.extensions["tally.spool"] = Spool(settings.data_dir / "spool")
     app.extensions["tally.flusher"] = Flusher(settings.text_frame_ms / 1000)
+    app.extensions["tally.saves"] = SaveWatcher(app.extensions["tally.db"])
     if celery is not None:
         _attach_relay(app, celery, settings)
     jwt.init_app(app)

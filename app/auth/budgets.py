@@ -32,7 +32,10 @@ def budget_status(session, user_id, now):
 
 def has_budget(session, user_id):
     """Whether the user has a daily or monthly limit at all (no query if loaded)."""
-    user = session.get(User, user_id)
+    return has_limit(session.get(User, user_id))
+
+
+def has_limit(user):
     return user.daily_budget is not None or user.monthly_budget is not None
 
 

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import queue
 import time
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -10,7 +11,7 @@ from flask import Blueprint, current_app, render_template, request
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
-from app.auth.budgets import budget_left, money_text
+from app.auth.budgets import budget_left, has_limit, money_text
 from app.auth.identity import (
     NotAuthenticated,
     still_valid,
@@ -73,6 +74,9 @@ class ChatConnection:
         self.db = app.extensions["tally.db"]
         self.client = app.extensions["tally.claude"]
         self.relay = app.extensions.get("tally.relay")
+        self.watcher = app.extensions["tally.saves"]
+        self.inbox = queue.SimpleQueue()  # Saved calls, from the watcher's thread
+        self.budgeted = False  # the user has a daily or monthly limit
         self.spool = app.extensions["tally.spool"]
         self.authorization = authorization
         self.token = None
@@ -101,12 +105,15 @@ class ChatConnection:
             budget=self._budget(),
             limits=chat_limits(self.settings),
         )
-        while self.still_signed_in():
-            raw = self.ws.receive(timeout=IDLE_POLL)
-            if raw is None:
-                self.report_saves()
-            else:
-                self.handle(raw)
+        try:
+            while self.still_signed_in():
+                raw = self.ws.receive(timeout=IDLE_POLL)
+                if raw is None:
+                    self.report_saves()
+                else:
+                    self.handle(raw)
+        finally:
+            self.watcher.forget(list(self.pending))
 
     def authenticate(self, token, *, same_user=False):
         """Check ``token``; on failure tell the client and close the socket."""
@@ -123,6 +130,7 @@ class ChatConnection:
         if same_user and user.id != self.user_id:
             raise NotAuthenticated("a token for another user")
         self.user_id, self.username = user.id, user.username
+        self.budgeted = has_limit(user)
         self.token, self.claims = token, claims
         self.expires_at = token_expires_at(token)
         self.checked_at = time.monotonic()
@@ -132,6 +140,7 @@ class ChatConnection:
         if self.expires_at is not None and datetime.now(UTC) >= self.expires_at:
             raise NotAuthenticated("the token has expired: sign in again")
         user = still_valid(session, self.user_id, self.claims, self.token)
+        self.budgeted = has_limit(user)
         self.checked_at = time.monotonic()
         return user
 
@@ -248,6 +257,8 @@ class ChatConnection:
         cost = price_call(call).cost
         self.pending[call.message_id] = (chat_session_id, cost)
         session_cost = self._keep(call, chat_session_id, text, result)
+        if result.error_code != "client_gone":
+            self.watcher.watch(call.message_id, self.user_id, self.inbox)
         log.info(
             "usage %s (request %s) for session %s: %d in / %d out%s",
             call.message_id,
@@ -278,6 +289,8 @@ class ChatConnection:
 
     def _budget_in(self, session):
         """What is left of the user's budgets, as exact dollar strings."""
+        if not self.budgeted:
+            return {"daily_left": None, "monthly_left": None}
         left = budget_left(session, self.user_id, datetime.now(UTC))
         return {period: money_text(value) for period, value in left.items()}
 
@@ -345,55 +358,48 @@ class ChatConnection:
         return (saved or Decimal(0)) + sum(unsaved, Decimal(0))
 
     def report_saves(self):
-        if not self.pending:
-            return
-        try:
-            self._report_saves()
-        except DBAPIError as exc:
-            # The database is away; the saves are reported once it is back.
-            log.debug("cannot check saves of %d calls: %s", len(self.pending), exc)
-
-    def _report_saves(self):
-        with unit_of_work(self.db) as session:
-            saved = session.execute(
-                select(
-                    UsageRecord.message_id, UsageRecord.session_id, UsageRecord.cost
-                ).where(
-                    UsageRecord.message_id.in_(list(self.pending)),
-                    UsageRecord.user_id == self.user_id,
-                )
-            ).all()
-            totals = {
-                row.session_id: _session_totals(session, row.session_id, self.user_id)
-                for row in saved
-            }
-            budget = self._budget_in(session) if saved else None
-            dead = self._newly_dead(session, {row.message_id for row in saved})
-        for message_id, session_id, cost in saved:
-            self.pending.pop(message_id, None)
+        """Send a frame for each call the watcher found saved, and dead letters."""
+        saved = []
+        while not self.inbox.empty():
+            saved.append(self.inbox.get())
+        budget = self._budget_if_known() if saved else None
+        for found in saved:
+            self.pending.pop(found.message_id, None)
             self.send(
                 "usage_saved",
-                message_id=message_id,
-                cost=money(cost),
-                session=totals[session_id],
+                message_id=found.message_id,
+                cost=money(found.cost),
+                session=_session_totals(found.session),
                 budget=budget,
             )
-        for message_id in dead:
-            self.dead.add(message_id)
-            self.send("usage_status", message_id=message_id, status="dead_letter")
+        if self.pending and self._dead_check_due():
+            for message_id in self._newly_dead():
+                self.dead.add(message_id)
+                self.send("usage_status", message_id=message_id, status="dead_letter")
 
-    def _newly_dead(self, session, saved_ids):
+    def _budget_if_known(self):
+        try:
+            return self._budget()
+        except DBAPIError:  # the frame goes without it; the next one has it
+            return None
+
+    def _dead_check_due(self):
+        return time.monotonic() - self.dead_checked_at >= DEAD_LETTER_CHECK_SECONDS
+
+    def _newly_dead(self):
         """Calls of this socket that became dead letters since the last look.
 
         A call turns into a dead letter only after the worker's retries, minutes
         after it finished: the dead letters are searched at most every
-        ``DEAD_LETTER_CHECK_SECONDS``, never on the tick that follows a chat.
+        ``DEAD_LETTER_CHECK_SECONDS``.
         """
-        now = time.monotonic()
-        if now - self.dead_checked_at < DEAD_LETTER_CHECK_SECONDS:
+        self.dead_checked_at = time.monotonic()
+        try:
+            with unit_of_work(self.db) as session:
+                return _dead_lettered(session, set(self.pending) - self.dead)
+        except DBAPIError as exc:
+            log.debug("cannot look for dead letters: %s", exc)
             return set()
-        self.dead_checked_at = now
-        return _dead_lettered(session, set(self.pending) - saved_ids - self.dead)
 
 
 def _dead_lettered(session, message_ids):
@@ -415,8 +421,9 @@ def _dead_lettered(session, message_ids):
     return found
 
 
-def _session_totals(session, session_id, user_id):
-    row = session.get(SessionUsage, (session_id, user_id))
+def _session_totals(row):
+    if row is None:
+        return None
     return {
         "calls": row.calls,
         "cost": money(row.cost),
