@@ -9,6 +9,7 @@ so frames keep their order.
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 
 from sqlalchemy import select, tuple_
@@ -46,13 +47,15 @@ class SaveWatcher:
     def watch(self, message_id, user_id, inbox):
         """Put a ``Saved`` in ``inbox`` (anything with ``put``) once it is saved."""
         with self._lock:
+            was_idle = not self._waiting
             self._waiting[message_id] = (user_id, inbox)
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="save-watcher", daemon=True
                 )
                 self._thread.start()
-        self._wake.set()
+        if was_idle:
+            self._wake.set()
 
     def forget(self, message_ids):
         """The socket closed: nobody waits for these any more."""
@@ -62,11 +65,13 @@ class SaveWatcher:
 
     def _run(self):
         while self._await_work():
+            # One pace, however many calls finish: a call is saved some tens of
+            # milliseconds after it ends, so the first look finds most.
+            time.sleep(self.interval)
             try:
                 self.check_once()
             except Exception as exc:  # the database is away: ask again later
                 log.debug("save watcher: %s", exc)
-            self._wake.wait(self.interval)
 
     def _await_work(self):
         with self._lock:
