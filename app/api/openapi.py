@@ -3,6 +3,7 @@
 from flask import current_app, jsonify
 
 from app.api import bp
+from app.chat.api import USAGE_FIELDS as CHAT_USAGE
 from app.models import TOTAL_COUNTS
 
 DEV_LOGIN = "/api/auth/dev-login"
@@ -79,6 +80,47 @@ def _with(extra, required):
 TIME = {"type": "string", "format": "date-time"}
 NULLABLE_MONEY = {"oneOf": [_ref("Money"), {"type": "null"}]}
 SCHEMAS = {
+    "Chat": {
+        "type": "object",
+        "description": "A conversation; title and last_at only in the list.",
+        "properties": {
+            "id": {"type": "string"},
+            "title": {"type": "string"},
+            "model": {"type": "string"},
+            "started_at": TIME,
+            "last_at": TIME,
+            "calls": {"type": "integer", "minimum": 0},
+            "cost": _ref("Money"),
+        },
+        "required": ["id", "model", "started_at", "calls", "cost"],
+    },
+    "Turn": {
+        "type": "object",
+        "description": "A user message or a reply; a reply's usage is null until "
+        "the worker saved the call.",
+        "properties": {
+            "role": {"enum": ["user", "assistant"]},
+            "text": {"type": "string"},
+            "message_id": {"type": ["string", "null"]},
+            "usage": {
+                "oneOf": [
+                    {
+                        "type": "object",
+                        "properties": {
+                            **{
+                                name: {"type": ["integer", "null"], "minimum": 0}
+                                for name in CHAT_USAGE
+                            },
+                            "cost": NULLABLE_MONEY,
+                            "partial": {"type": "boolean"},
+                        },
+                    },
+                    {"type": "null"},
+                ]
+            },
+        },
+        "required": ["role", "text", "message_id"],
+    },
     "Money": {
         "type": "string",
         "pattern": r"^-?\d+\.\d{2,}$",
@@ -332,6 +374,46 @@ PATHS = {
             },
         ),
         FILTERED | {"404": _error("No such session (or not yours).")},
+    ),
+    "/api/chats": _get(
+        "The caller's own chats with at least one exchange, latest first.",
+        [
+            _query(
+                "limit",
+                "At most this many chats (1-200, default 20).",
+                {"type": "integer", "minimum": 1, "maximum": 200},
+            )
+        ],
+        _ok(
+            "Chats.",
+            {
+                "type": "object",
+                "properties": {"chats": {"type": "array", "items": _ref("Chat")}},
+            },
+        ),
+        SIGNED_IN | {"400": _error("limit is malformed.")},
+    ),
+    "/api/chats/{chat_id}": _get(
+        "One of the caller's chats, turn by turn, with each saved call's usage.",
+        [
+            {
+                "name": "chat_id",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string"},
+            }
+        ],
+        _ok(
+            "The chat and its turns in order.",
+            {
+                "type": "object",
+                "properties": {
+                    "chat": _ref("Chat"),
+                    "turns": {"type": "array", "items": _ref("Turn")},
+                },
+            },
+        ),
+        SIGNED_IN | {"404": _error("No such chat (or not yours).")},
     ),
     "/api/usage/savings": _get(
         "What cache reads saved against the full input price, per model: each "
