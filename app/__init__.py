@@ -1,6 +1,7 @@
 """Tally's web side: the application factory."""
 
 import logging
+import threading
 
 import anthropic
 from flask import Flask, jsonify
@@ -38,6 +39,7 @@ def create_app(settings=None, *, celery=None):
     app.extensions["tally.spool"] = Spool(settings.data_dir / "spool")
     app.extensions["tally.flusher"] = Flusher(settings.text_frame_ms / 1000)
     app.extensions["tally.saves"] = SaveWatcher(app.extensions["tally.db"])
+    app.extensions["tally.stopping"] = threading.Event()  # see app.stopping
     if celery is not None:
         _attach_relay(app, celery, settings)
     jwt.init_app(app)

@@ -1,10 +1,13 @@
 """What a broken stream costs is still recorded, and the user is told what broke."""
 
+import os
+import signal
 from decimal import Decimal
 
+import pytest
 from sqlalchemy import text
 
-from app import create_app
+from app import create_app, stopping
 from tests.conftest import ChatClient, LiveServer, login, wait_for
 
 
@@ -126,3 +129,40 @@ def test_a_dead_lettered_call_shows_as_such_until_replayed(settings, db):
         client.close()
     finally:
         server.stop()
+
+
+def test_a_server_told_to_stop_cuts_the_reply_and_records_it(
+    worker, chat_client, live_server, simulator, db
+):
+    client = chat_client("alice")
+    abandoned = simulator.streams_abandoned()
+    client.send(type="chat", text="tokens:3000 delay:5 a long story", session_id=None)
+    client.until("text")
+    # What SIGTERM, SIGINT or SIGQUIT does in a served process (app.stopping).
+    live_server.app.extensions["tally.stopping"].set()
+
+    frames = client.until("end")
+    error = next(f for f in frames if f["type"] == "error")
+    assert error["code"] == "server_stopping"
+    assert frames[-1]["partial"] is True
+    # The socket closes as "going away", and Claude's stream was closed.
+    opcode, data = client.ws.recv_data(control_frame=True)
+    assert (opcode, int.from_bytes(data[:2], "big")) == (8, 1001)
+    wait_for(lambda: simulator.streams_abandoned() == abandoned + 1)
+    (record,) = wait_for(lambda: ledger(db), message="the cut call saved")
+    assert record["partial"] is True
+    assert record["message_id"] == frames[-1]["message_id"]
+
+
+def test_stop_signals_set_the_event_then_do_what_they_did(settings, db):
+    app = create_app(settings)
+    saved = {signum: signal.getsignal(signum) for signum in stopping.SIGNALS}
+    try:
+        stopping.install(app)
+        with pytest.raises(KeyboardInterrupt):  # SIGINT's usual handler ran too
+            os.kill(os.getpid(), signal.SIGINT)
+            wait_for(lambda: False, timeout=5, message="the signal")
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+    assert app.extensions["tally.stopping"].is_set()

@@ -21,7 +21,7 @@ from app.auth.identity import (
 from app.auth.limits import chat_limits, chat_refusal
 from app.chat import history
 from app.chat.frames import FrameSender
-from app.chat.stream import ClientGone, run_call
+from app.chat.stream import ClientGone, ServerStopping, run_call
 from app.db import unit_of_work
 from app.extensions import sock
 from app.models import DeadLetter, SessionUsage, UsageRecord
@@ -36,6 +36,7 @@ IDLE_POLL = 0.5
 RECHECK_TOKEN_SECONDS = 5
 DEAD_LETTER_CHECK_SECONDS = 5
 CLOSE_UNAUTHORIZED = 4401
+CLOSE_GOING_AWAY = 1001
 
 
 @bp.get("/")
@@ -75,6 +76,7 @@ class ChatConnection:
         self.client = app.extensions["tally.claude"]
         self.relay = app.extensions.get("tally.relay")
         self.watcher = app.extensions["tally.saves"]
+        self.stopping = app.extensions["tally.stopping"]
         self.inbox = queue.SimpleQueue()  # Saved calls, from the watcher's thread
         self.budgeted = False  # the user has a daily or monthly limit
         self.spool = app.extensions["tally.spool"]
@@ -106,7 +108,7 @@ class ChatConnection:
             limits=chat_limits(self.settings),
         )
         try:
-            while self.still_signed_in():
+            while not self.stopping.is_set() and self.still_signed_in():
                 raw = self.ws.receive(timeout=IDLE_POLL)
                 if raw is None:
                     self.report_saves()
@@ -114,6 +116,8 @@ class ChatConnection:
                     self.handle(raw)
         finally:
             self.watcher.forget(list(self.pending))
+        if self.stopping.is_set() and self.ws.connected:
+            self.ws.close(CLOSE_GOING_AWAY, "Tally is restarting")
 
     def authenticate(self, token, *, same_user=False):
         """Check ``token``; on failure tell the client and close the socket."""
@@ -230,6 +234,8 @@ class ChatConnection:
         def on_event(kind, meter, text):
             if not self.ws.connected:
                 raise ClientGone
+            if self.stopping.is_set():
+                raise ServerStopping
             if kind == "start":
                 window["size"] = context_window(meter.model)
                 self.send(

@@ -10,8 +10,25 @@ from app.chat.meter import UsageMeter
 log = logging.getLogger(__name__)
 
 
-class ClientGone(Exception):
+class StopReply(Exception):
+    """Cut the reply short: ``code`` and ``message`` say why."""
+
+    code = "stopped"
+    message = "the reply was stopped"
+
+
+class ClientGone(StopReply):
     """The browser closed the socket while the reply was streaming."""
+
+    code = "client_gone"
+    message = "the client went away"
+
+
+class ServerStopping(StopReply):
+    """The server is stopping; the reply in flight is recorded as it stands."""
+
+    code = "server_stopping"
+    message = "Tally is restarting: this reply was cut short; what it used is recorded"
 
 
 @dataclass
@@ -35,7 +52,7 @@ class CallResult:
 def run_call(client, *, model, max_tokens, messages, on_event):
     """Stream a reply; ``on_event(kind, meter, text)`` sees every step.
 
-    ``on_event`` raises ``ClientGone`` to stop: leaving the ``with`` block closes
+    ``on_event`` raises a ``StopReply`` to stop: leaving the ``with`` block closes
     the HTTP response, so Claude stops generating tokens nobody reads.
     """
     result = CallResult(meter=UsageMeter())
@@ -46,8 +63,8 @@ def run_call(client, *, model, max_tokens, messages, on_event):
             result.request_id = stream.response.headers.get("request-id", "")
             for event in stream:
                 _follow(event, result, on_event)
-    except ClientGone:
-        result.error, result.error_code = "the client went away", "client_gone"
+    except StopReply as stop:
+        result.error, result.error_code = stop.message, stop.code
     except anthropic.APIStatusError as exc:
         result.error, result.error_code = _status_message(exc), _status_code(exc)
     except anthropic.APIConnectionError as exc:
