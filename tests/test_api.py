@@ -199,6 +199,7 @@ def test_since_and_until_are_whole_days(app, people):
             "tz must be an IANA time zone, not '../../etc/passwd'",
         ),
         ({"limit": "0"}, "limit must be a whole number from 1 to 1000"),
+        ({"limit": "\u00b2"}, "limit must be a whole number from 1 to 1000"),
     ],
 )
 def test_malformed_filters_are_a_400(app, people, params, message):

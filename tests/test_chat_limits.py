@@ -70,6 +70,20 @@ def test_an_oversized_message_gets_a_clear_error_and_the_socket_stays(
     assert client.chat("still here")[-1]["type"] == "end"
 
 
+def test_text_that_is_not_unicode_gets_a_clear_error_and_the_socket_stays(
+    chat_client, db
+):
+    client = chat_client("ivan")
+    # A lone surrogate is valid JSON but no text: it cannot be encoded.
+    client.ws.send('{"type": "chat", "text": "hi \\ud800", "session_id": null}')
+    assert client.receive() == {
+        "type": "error",
+        "code": "bad_frame",
+        "message": "the text is not valid Unicode",
+    }
+    assert client.chat("still here")[-1]["type"] == "end"
+
+
 def test_the_socket_closes_when_the_token_expires(live_server, db):
     app = live_server.app
     user_id = login(app, "judy")["user"]["id"]

@@ -94,7 +94,7 @@ def usage_session(session_id):
 def _limit(raw):
     if raw in (None, ""):
         return DEFAULT_LIMIT
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
         raise BadFilter(400, f"limit must be a whole number from 1 to {MAX_LIMIT}")
     return int(raw)
 

@@ -34,7 +34,7 @@ USAGE_FIELDS = (
 @login_required
 def list_chats():
     raw = request.args.get("limit", str(DEFAULT_LIMIT))
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
         return error_response(
             400, f"limit must be a whole number from 1 to {MAX_LIMIT}"
         )

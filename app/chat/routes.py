@@ -190,7 +190,11 @@ class ChatConnection:
         text, session_id = frame.get("text"), frame.get("session_id")
         if not isinstance(text, str) or not text.strip():
             return self.error("bad_frame", 'a chat frame needs a non-empty "text"')
-        size, limit = len(text.encode()), self.settings.max_message_bytes
+        try:
+            size = len(text.encode())
+        except UnicodeEncodeError:  # "\ud800" is valid JSON, not valid text
+            return self.error("bad_frame", "the text is not valid Unicode")
+        limit = self.settings.max_message_bytes
         if size > limit:
             return self.error(
                 "too_large", f"the message is {size:,} bytes; the limit is {limit:,}"

@@ -155,7 +155,9 @@ def _is_text(block):
 def _directives(text):
     found = dict(DIRECTIVE.findall(text))
     tokens = found.get("tokens", "1")
-    if not tokens.isdigit() or not 1 <= int(tokens) <= MAX_GENERATED_TOKENS:
+    if not (tokens.isascii() and tokens.isdigit()) or not (
+        1 <= int(tokens) <= MAX_GENERATED_TOKENS
+    ):
         raise SimulatorError(
             400, "invalid_request_error", "tokens:N needs 1 <= N <= 100000."
         )
