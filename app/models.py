@@ -16,6 +16,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
 
 from app.db import Base, Money
 
@@ -36,23 +37,28 @@ def utcnow():
     return datetime.now(UTC)
 
 
-class UTCDateTime(DateTime):
-    """Timezone-aware timestamps; SQLite hands them back naive, so mark them UTC."""
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC timestamps in every database.
 
-    def __init__(self):
-        super().__init__(timezone=True)
+    PostgreSQL keeps the zone. SQLite keeps none: values are stored as UTC and
+    handed back marked UTC. (A DateTime subclass would not do: SQLite swaps in
+    its own DateTime type and drops the subclass's processing.)
+    """
 
-    def result_processor(self, dialect, coltype):
-        parent = super().result_processor(dialect, coltype)
+    impl = DateTime(timezone=True)
+    cache_ok = True
 
-        def process(value):
-            if parent is not None:
-                value = parent(value)
-            if value is not None and value.tzinfo is None:
-                value = value.replace(tzinfo=UTC)
-            return value
+    def process_bind_param(self, value, dialect):
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(UTC)
+            if dialect.name == "sqlite":
+                value = value.replace(tzinfo=None)
+        return value
 
-        return process
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
 
 
 def tokens(**kwargs):

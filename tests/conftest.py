@@ -319,5 +319,25 @@ def chat_client(live_server):
         client.close()
 
 
+@pytest.fixture
+def sqlite_app(tmp_path):
+    """The app on a migrated SQLite file: the embedded default."""
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    alembic_cfg = Config(str(ROOT / "alembic.ini"))
+    alembic_cfg.set_main_option("sqlalchemy.url", url)
+    command.upgrade(alembic_cfg, "head")
+    settings = config.load(
+        {
+            "TALLY_ENV": "test",
+            "DATABASE_URL": url,
+            "TALLY_DATA_DIR": str(tmp_path),
+            "TALLY_JWT_SECRET": JWT_SECRET,
+        }
+    )
+    app = create_app(settings)
+    yield app
+    app.extensions["tally.db"].kw["bind"].dispose()
+
+
 def replace_settings(settings, **changes):
     return replace(settings, **changes)

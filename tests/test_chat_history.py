@@ -1,5 +1,12 @@
 """Past chats: listed and reopened with the usage they had, and only by their owner."""
 
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select
+
+from app.db import unit_of_work
+from app.models import ChatSession, ChatTurn, User
 from tests.conftest import login
 
 
@@ -56,3 +63,22 @@ def test_another_users_chat_is_not_found(worker, chat_client, live_server):
     assert get(app, "/api/chats", "not-a-token").status_code == 401
     for limit in ("0", "%C2%B2"):  # "²" looks like a digit to str.isdigit
         assert get(app, f"/api/chats?limit={limit}", mallory).status_code == 400
+
+
+def test_times_carry_their_zone_on_sqlite_too(sqlite_app):
+    db = sqlite_app.extensions["tally.db"]
+    started = datetime(2026, 3, 1, 21, 30, tzinfo=ZoneInfo("Europe/Paris"))
+    token = login(sqlite_app, "sam")["access_token"]
+    with unit_of_work(db) as session:
+        sam = session.scalar(select(User.id).where(User.username == "sam"))
+        session.add(ChatSession(id="c-1", user_id=sam, model="m", created_at=started))
+        session.add(
+            ChatTurn(session_id="c-1", role="user", content='"hi"', created_at=started)
+        )
+
+    (chat,) = get(sqlite_app, "/api/chats", token).get_json()["chats"]
+    # 21:30 in Paris is 20:30 UTC, said so: a browser reads it right anywhere.
+    assert (chat["started_at"], chat["last_at"]) == (
+        "2026-03-01T20:30:00+00:00",
+        "2026-03-01T20:30:00+00:00",
+    )

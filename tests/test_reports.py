@@ -10,16 +10,12 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import select, text
 
-from app import config, create_app
 from app.db import unit_of_work
 from app.models import DailyUsage, SessionUsage, UsageRecord, User
 from app.usage import pricing, reports
 from app.usage.records import CallUsage
-from tests.conftest import JWT_SECRET
 from workers.ledger import save_calls
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,25 +31,6 @@ def overrides_file(monkeypatch, tmp_path):
     pricing.reload_overrides()
     yield path
     pricing.reload_overrides()
-
-
-@pytest.fixture
-def sqlite_app(tmp_path):
-    url = f"sqlite:///{tmp_path / 't.db'}"
-    alembic_cfg = Config(str(ROOT / "alembic.ini"))
-    alembic_cfg.set_main_option("sqlalchemy.url", url)
-    command.upgrade(alembic_cfg, "head")
-    settings = config.load(
-        {
-            "TALLY_ENV": "test",
-            "DATABASE_URL": url,
-            "TALLY_DATA_DIR": str(tmp_path),
-            "TALLY_JWT_SECRET": JWT_SECRET,
-        }
-    )
-    app = create_app(settings)
-    yield app
-    app.extensions["tally.db"].kw["bind"].dispose()
 
 
 def at(iso):
