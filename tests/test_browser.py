@@ -164,3 +164,15 @@ def test_a_reload_reopens_the_conversation_and_it_goes_on(page, live_server, wor
     page.select_option("#history", index=1)
     expect(page.locator(".msg.user")).to_have_count(2)
     expect(page.locator(".save-mark")).to_have_text(["saved ✓", "saved ✓"])
+
+
+def test_a_message_over_the_limit_is_stopped_in_the_page(page, live_server):
+    sign_in(page, live_server.url, "walt")
+    limit = live_server.app.extensions["tally.settings"].max_message_bytes
+    send(page, "é" * (limit // 2 + 1))  # two bytes each in UTF-8
+
+    expect(page.locator("#error")).to_have_text(
+        f"The message is {limit + 2:,} bytes; the limit is {limit:,}."
+    )
+    expect(page.locator(".msg")).to_have_count(0)
+    expect(page.locator("#send")).to_be_enabled()  # the socket is still open

@@ -4,6 +4,10 @@
 (() => {
   const session = window.TallySession;
   const CHAT_KEY = "tally.chat"; // the open conversation, reopened after a reload
+  const CLOSE_REASONS = {
+    1001: "disconnected: Tally is restarting",
+    1009: "disconnected: the last message was too large",
+  };
   const SAVE_TEXT = {
     saved: "saved ✓",
     pending: "pending…",
@@ -24,6 +28,7 @@
     contextWindow: 200000,
     sessionCost: null,
     authMessage: null,
+    maxBytes: null, // the server's max_message_bytes, from the ready frame
   };
 
   // ---- small DOM helpers -----------------------------------------------------
@@ -176,6 +181,7 @@
       state.ready = true;
       state.authMessage = null;
       state.contextWindow = f.context_window ?? state.contextWindow;
+      state.maxBytes = f.limits?.max_message_bytes ?? null;
       $("#user").textContent = f.user?.username ?? "";
       if (f.model) $("#model").textContent = f.model;
       if (f.simulated != null) $("#sim-notice").hidden = !f.simulated;
@@ -223,6 +229,7 @@
       setSave(turn, "saved");
       renderUsage(turn);
       setSessionCost(f.session?.cost);
+      loadHistory(); // the list's cost of this chat now counts the call
     },
     usage_status(f) {
       const turn = state.turns.get(f.message_id);
@@ -273,7 +280,7 @@
     state.ready = false;
     if (state.streaming) finishReply("(reply interrupted)");
     updateControls();
-    if (ev.code !== 4401) return setStatus("disconnected", true);
+    if (ev.code !== 4401) return setStatus(CLOSE_REASONS[ev.code] ?? "disconnected", true);
     session.clear();
     showLogin(state.authMessage || "Please sign in again.");
     state.authMessage = null;
@@ -421,6 +428,10 @@
     ev.preventDefault();
     const text = $("#message").value;
     if (!text.trim() || $("#send").disabled || !state.ws) return;
+    const size = new TextEncoder().encode(text).length;
+    if (state.maxBytes && size > state.maxBytes) {
+      return setError(`The message is ${num(size)} bytes; the limit is ${num(state.maxBytes)}.`);
+    }
     sendChat(text);
     $("#message").value = "";
   }
