@@ -1,9 +1,18 @@
 """The WSGI entry point: ``gunicorn wsgi:app``; also what ``flask`` commands load."""
 
+import logging
+import os
 import threading
 
 from app import create_app, stopping
 from celery_app import celery
+
+if os.environ.get("TALLY_LOG_LEVEL"):
+    # gunicorn logs its own lines only; Tally's go to stderr at this level.
+    logging.basicConfig(
+        level=os.environ["TALLY_LOG_LEVEL"].upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 
 app = create_app(celery=celery)
 if threading.current_thread() is threading.main_thread():

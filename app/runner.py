@@ -33,6 +33,7 @@ def main(argv=None):
         level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True
     )
     env = dict(os.environ, TALLY_DATA_DIR=str(settings.data_dir))
+    env.setdefault("TALLY_LOG_LEVEL", "INFO")  # the web app's usage lines show
     procs = []
     try:
         if settings.simulated and not settings.anthropic_base_url:
