@@ -24,6 +24,10 @@ def _error(description):
     return _ok(description, _ref("Error"))
 
 
+def _in_path(name):
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
 def _query(name, description, schema=None):
     return {
         "name": name,
@@ -355,12 +359,7 @@ PATHS = {
     "/api/usage/sessions/{session_id}": _get(
         "One session's totals and calls; another user's session is a 404.",
         [
-            {
-                "name": "session_id",
-                "in": "path",
-                "required": True,
-                "schema": {"type": "string"},
-            },
+            _in_path("session_id"),
             *USER_ONLY,
         ],
         _ok(
@@ -395,14 +394,7 @@ PATHS = {
     ),
     "/api/chats/{chat_id}": _get(
         "One of the caller's chats, turn by turn, with each saved call's usage.",
-        [
-            {
-                "name": "chat_id",
-                "in": "path",
-                "required": True,
-                "schema": {"type": "string"},
-            }
-        ],
+        [_in_path("chat_id")],
         _ok(
             "The chat and its turns in order.",
             {
