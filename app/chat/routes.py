@@ -316,7 +316,7 @@ class ChatConnection:
                     history.add_exchange(
                         session, chat_session_id, text, result.text, call.message_id
                     )
-                outbox.add(session, call)
+                entry_id = outbox.add(session, call, claimed=self.relay is not None)
                 session_cost = self._session_cost(
                     session, chat_session_id, call.message_id
                 )
@@ -332,7 +332,7 @@ class ChatConnection:
             )
             return None
         if self.relay is not None:
-            self.relay.wake()
+            self.relay.take(entry_id, call.to_payload())
         return session_cost
 
     def _session_cost(self, session, chat_session_id, current):

@@ -4,11 +4,18 @@ The chat commits a record's outbox entry together with the turn it belongs to. T
 relay hands entries to the broker in batches; the worker deletes an entry in the
 same transaction that saves its record. An entry handed over but still here after
 ``resend_after`` seconds is sent again, which the ledger's unique key makes harmless.
+
+A chat's entry is committed already marked as sent ("claimed") and handed to this
+process's relay in memory, so that the relay needs no database round trip for it.
+If the broker refuses it, the relay unmarks it and a sweep sends it again; if the
+process dies first, it is sent again after ``resend_after`` like any other.
 """
 
+import collections
 import json
 import logging
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, insert, or_, select, update
@@ -19,13 +26,23 @@ from app.models import DeadLetter, OutboxEntry
 log = logging.getLogger(__name__)
 
 
-def add(session, call):
-    payload = json.dumps(call.to_payload())
-    session.execute(
-        insert(OutboxEntry.__table__).values(
-            message_id=call.message_id, payload=payload
+def add(session, call, *, claimed=False):
+    """Write ``call``'s entry in the caller's transaction; return the entry's id.
+
+    ``claimed``: the caller hands the entry to its relay with ``Relay.take`` once
+    the transaction commits, so no sweep sends it in the meantime.
+    """
+    sent_at, attempts = (datetime.now(UTC), 1) if claimed else (None, 0)
+    return session.execute(
+        insert(OutboxEntry.__table__)
+        .values(
+            message_id=call.message_id,
+            payload=json.dumps(call.to_payload()),
+            sent_at=sent_at,
+            attempts=attempts,
         )
-    )
+        .returning(OutboxEntry.id)
+    ).scalar_one()
 
 
 def health(session, now=None):
@@ -65,8 +82,10 @@ class Relay:
         self.spool = spool
         self.gather = gather
         self._wake = threading.Event()
+        self._sweep = threading.Event()
         self._stop = threading.Event()
         self._thread = None
+        self._handed = collections.deque()  # (entry id, payload), claimed entries
 
     def start(self):
         if self._thread is None:
@@ -82,23 +101,78 @@ class Relay:
             self._thread.join(timeout=10)
 
     def wake(self):
+        """Sweep the outbox now: entries were written without ``take``."""
+        self._sweep.set()
+        self._wake.set()
+
+    def take(self, entry_id, payload):
+        """Send a committed, claimed entry (see ``add``) without reading it back."""
+        self._handed.append((entry_id, payload))
         self._wake.set()
 
     def _run(self):
+        swept_at = float("-inf")
         while not self._stop.is_set():
-            if self._wake.wait(self.interval) and self.gather:
-                # Chats finishing together share one transaction and one task.
+            woke = self._wake.wait(self.interval)
+            if woke and self.gather:
+                # Chats finishing together share one task.
                 self._stop.wait(self.gather)
             self._wake.clear()
+            self._guarded(self.send_handed)
+            # Chats waking the relay all the time must not put the sweep off.
+            if self._sweep.is_set() or time.monotonic() >= swept_at + self.interval:
+                self._sweep.clear()
+                swept_at = time.monotonic()
+                self._guarded(self.sweep)
+        self._guarded(self.send_handed)
+
+    @staticmethod
+    def _guarded(step):
+        try:
+            step()
+        except Exception:
+            # The relay must outlive a broken database or broker: the entries
+            # stay in the outbox and a later tick sends them.
+            log.exception("outbox relay: %s failed, will retry", step.__name__)
+
+    def sweep(self):
+        """The spool's records into the outbox, then every due entry to the broker."""
+        if self.spool is not None:
+            self.spool.drain(self.session_factory)
+        while self.run_once() == self.batch_size:
+            pass
+
+    def send_handed(self):
+        """Send the entries given to ``take``; return how many reached the broker."""
+        sent = 0
+        while self._handed:
+            batch = []
+            while self._handed and len(batch) < self.batch_size:
+                batch.append(self._handed.popleft())
             try:
-                if self.spool is not None:
-                    self.spool.drain(self.session_factory)
-                while self.run_once() == self.batch_size:
-                    pass
+                self.send([payload for _, payload in batch])
             except Exception:
-                # The relay must outlive a broken database or broker: the
-                # entries stay in the outbox and the next tick tries again.
-                log.exception("outbox relay: tick failed, will retry")
+                self._release(batch)
+                raise
+            sent += len(batch)
+            log.info("outbox relay: handed %d records to the broker", len(batch))
+        return sent
+
+    def _release(self, batch):
+        """The broker refused ``batch``: unmark it so that a sweep sends it again."""
+        self._sweep.set()
+        try:
+            with unit_of_work(self.session_factory) as session:
+                session.execute(
+                    update(OutboxEntry)
+                    .where(OutboxEntry.id.in_([entry_id for entry_id, _ in batch]))
+                    .values(sent_at=None)
+                    .execution_options(synchronize_session=False)
+                )
+        except Exception as exc:
+            # Database and broker both away: keep them here for the next tick.
+            log.warning("outbox relay: cannot unmark unsent records: %s", exc)
+            self._handed.extendleft(reversed(batch))
 
     def run_once(self, now=None):
         """Send one batch of due entries; return how many were handed over."""
