@@ -18,7 +18,7 @@ from sqlalchemy import text
 
 from app.db import unit_of_work
 from app.models import OutboxEntry, User
-from tests.conftest import wait_for
+from tests.conftest import ChatClient, login, wait_for
 from tests.faults import (
     BlackHole,
     ChatLoad,
@@ -287,6 +287,40 @@ def test_postgres_stopped_for_20_seconds_during_the_load(
     assert unsaved >= 1000
     assert b"WARNING" in log and (b"1", b"9") in retries and (b"2", b"9") in retries
     assert b"giving up" not in log
+
+
+def test_a_chat_sent_while_the_database_is_down_is_refused_not_billed(
+    make_stack, private_pg, simulator
+):
+    pg, _ = private_pg
+    stack = make_stack()
+    token = login(stack.app, "dbdown")["access_token"]
+    client = ChatClient(stack.server.ws_url, token=token)
+    late = None
+    try:
+        assert client.receive()["type"] == "ready"
+        served = simulator.requests_served()
+        pg.stop()
+        try:
+            client.send(type="chat", text="tokens:5 hello")
+            refused = client.receive()
+            # A newcomer's socket cannot be signed in meanwhile: told, and closed.
+            late = ChatClient(stack.server.ws_url, token=token)
+            late_frame = late.receive()
+        finally:
+            pg.start()
+        assert refused["type"] == "error"
+        assert refused["code"] == "database_unavailable"
+        assert late_frame["code"] == "database_unavailable"
+        assert simulator.requests_served() == served  # no call to Claude, no bill
+        # The same socket chats again once the database is back.
+        frames = client.chat("tokens:5 again")
+        assert frames[-1]["usage"]["output_tokens"] == 5
+        assert backlog(stack.engine)[0] == 1
+    finally:
+        client.close()
+        if late is not None:
+            late.ws.close()
 
 
 @pytest.mark.slow

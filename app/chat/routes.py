@@ -37,6 +37,8 @@ RECHECK_TOKEN_SECONDS = 5
 DEAD_LETTER_CHECK_SECONDS = 5
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_GOING_AWAY = 1001
+CLOSE_TRY_AGAIN = 1013
+DATABASE_AWAY = "the database is unavailable: no call was made, try again in a moment"
 
 
 @bp.get("/")
@@ -81,6 +83,7 @@ class ChatConnection:
         self.budgeted = False  # the user has a daily or monthly limit
         self.spool = app.extensions["tally.spool"]
         self.authorization = authorization
+        self.user_id = None
         self.token = None
         self.claims = None
         self.expires_at = None
@@ -104,7 +107,7 @@ class ChatConnection:
             model=self.settings.model,
             context_window=context_window(self.settings.model),
             simulated=self.settings.simulated,
-            budget=self._budget(),
+            budget=self._budget_if_known(),
             limits=chat_limits(self.settings),
         )
         try:
@@ -119,13 +122,27 @@ class ChatConnection:
         if self.stopping.is_set() and self.ws.connected:
             self.ws.close(CLOSE_GOING_AWAY, "Tally is restarting")
 
-    def authenticate(self, token, *, same_user=False):
-        """Check ``token``; on failure tell the client and close the socket."""
+    def authenticate(self, token, *, same_user=False, recheck=False):
+        """Check ``token``; on failure tell the client and close the socket.
+
+        With the database away, a socket never signed in is closed (try again);
+        one signed in stays open, its token checked again before the next call.
+        """
         try:
             with unit_of_work(self.db) as session:
                 self._verify(session, token, same_user=same_user)
         except NotAuthenticated as exc:
             return self._refuse(exc)
+        except DBAPIError as exc:
+            log.warning("chat socket: cannot check a token: %s", exc)
+            if recheck:  # the periodic look: quietly, again in a while
+                self.checked_at = time.monotonic()
+                return True
+            self.error("database_unavailable", DATABASE_AWAY)
+            if self.user_id is None:  # never signed in: nothing to keep open
+                self.ws.close(CLOSE_TRY_AGAIN, "database unavailable")
+                return False
+            return True
         return True
 
     def _verify(self, session, token, *, same_user):
@@ -162,7 +179,7 @@ class ChatConnection:
             return False
         if time.monotonic() - self.checked_at < RECHECK_TOKEN_SECONDS:
             return True
-        return self.authenticate(self.token, same_user=True)
+        return self.authenticate(self.token, same_user=True, recheck=True)
 
     def _header_token(self):
         scheme, _, token = (self.authorization or "").partition(" ")
@@ -207,6 +224,9 @@ class ChatConnection:
             return self.error("not_found", "no such session")
         except ChatRefused as refusal:
             return self.error(*refusal.args)
+        except DBAPIError as exc:
+            log.warning("chat socket: cannot open the session: %s", exc)
+            return self.error("database_unavailable", DATABASE_AWAY)
         messages.append({"role": "user", "content": text})
         result = run_call(
             self.client,
