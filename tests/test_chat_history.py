@@ -1,5 +1,7 @@
 """Past chats: listed and reopened with the usage they had, and only by their owner."""
 
+import json
+import math
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -82,3 +84,25 @@ def test_times_carry_their_zone_on_sqlite_too(sqlite_app):
         "2026-03-01T20:30:00+00:00",
         "2026-03-01T20:30:00+00:00",
     )
+
+
+def test_a_tab_continuing_a_chat_sends_what_another_tab_added(
+    chat_client, live_server, db
+):
+    first_tab, second_tab = chat_client("alice"), chat_client("alice")
+    first_tab.chat("tokens:3 one")
+    chat_id = next(f for f in first_tab.frames if f["type"] == "start")["session_id"]
+    second_tab.chat("tokens:4 two", session_id=chat_id)
+    third = first_tab.chat("tokens:5 three", session_id=chat_id)[-1]
+
+    with db.connect() as conn:
+        turns = conn.execute(
+            select(ChatTurn.content)
+            .where(ChatTurn.session_id == chat_id)
+            .order_by(ChatTurn.id)
+        ).scalars()
+        texts = [json.loads(content) for content in turns]
+    assert len(texts) == 6
+    # The simulator counts a token per 4 characters of every message it was sent:
+    # the first tab's third call carried the second tab's exchange too.
+    assert third["usage"]["input_tokens"] == math.ceil(sum(map(len, texts[:5])) / 4)

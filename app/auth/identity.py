@@ -93,22 +93,26 @@ def _user(session, verified):
         raise NotAuthenticated("invalid token: bad subject") from None
 
 
-def still_valid(session, user_id, claims, token):
-    """The active ``User`` of a token verified earlier, in one query.
+def still_valid(session, user_id, claims, token, *also):
+    """The active ``User`` of a token verified earlier, and ``also``, in one query.
 
     For a token held open on a socket: the signature and claims were checked when
     it was accepted, so this only asks whether it was revoked since, or its user
-    disabled. Raises ``NotAuthenticated`` like ``verify``.
+    disabled. Raises ``NotAuthenticated`` like ``verify``. ``also``: scalar
+    subqueries the caller wants answered in the same round trip; their values
+    follow the user in the returned tuple.
     """
     keys = revocation_keys(claims, token)
     found = session.execute(
-        select(User, revoked(keys) if keys else false()).where(User.id == user_id)
+        select(User, revoked(keys) if keys else false(), *also).where(
+            User.id == user_id
+        )
     ).first()
     if found is not None and found[1]:
         raise NotAuthenticated("this token was revoked: sign in again")
     if found is None or found[0].disabled:
         raise NotAuthenticated("this account does not exist or is disabled")
-    return found[0]
+    return (found[0], *found[2:])
 
 
 def token_expires_at(token):

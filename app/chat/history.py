@@ -2,14 +2,48 @@
 
 import json
 import uuid
+from dataclasses import dataclass
 
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 
 from app.models import ChatSession, ChatTurn
 
 
 class SessionNotFound(LookupError):
     """No session with that id belongs to this user (another user's looks the same)."""
+
+
+@dataclass(frozen=True)
+class Known:
+    """A session's messages as a socket last saw them, up to its newest turn.
+
+    Turns are only ever appended: while the newest turn's id is the same, so are
+    the messages, and the socket need not read them again.
+    """
+
+    session_id: str
+    messages: tuple
+    newest_turn: int | None
+
+    def after(self, user_text, reply_text, newest_turn):
+        added = _exchange(user_text, reply_text)
+        return Known(self.session_id, (*self.messages, *added), newest_turn)
+
+
+def newest_turn(session_id):
+    """The id of a session's newest turn, as a column for a query that reads more."""
+    return (
+        select(func.max(ChatTurn.id))
+        .where(ChatTurn.session_id == session_id)
+        .scalar_subquery()
+    )
+
+
+def _exchange(user_text, reply_text):
+    return (
+        {"role": "user", "content": user_text},
+        {"role": "assistant", "content": reply_text or "(no text)"},
+    )
 
 
 def open_session(session, user_id, session_id, model):
@@ -26,31 +60,32 @@ def open_session(session, user_id, session_id, model):
 
 
 def messages_for(session, chat_session_id):
-    """The Messages API ``messages`` list of the session so far."""
-    turns = session.scalars(
-        select(ChatTurn)
+    """The session's Messages API ``messages`` so far, as a ``Known``."""
+    turns = session.execute(
+        select(ChatTurn.id, ChatTurn.role, ChatTurn.content)
         .where(ChatTurn.session_id == chat_session_id)
         .order_by(ChatTurn.id)
-    )
-    return [{"role": t.role, "content": json.loads(t.content)} for t in turns]
+    ).all()
+    messages = tuple({"role": t.role, "content": json.loads(t.content)} for t in turns)
+    return Known(chat_session_id, messages, turns[-1].id if turns else None)
 
 
 def add_exchange(session, chat_session_id, user_text, reply_text, message_id):
-    """Append the user's text and Claude's reply (one plain insert, no ORM flush)."""
-    session.execute(
-        insert(ChatTurn.__table__),
-        [
-            {
-                "session_id": chat_session_id,
-                "role": "user",
-                "content": json.dumps(user_text),
-                "message_id": None,
-            },
-            {
-                "session_id": chat_session_id,
-                "role": "assistant",
-                "content": json.dumps(reply_text or "(no text)"),
-                "message_id": message_id,
-            },
-        ],
-    )
+    """Append the user's text and Claude's reply; return the reply's turn id.
+
+    One plain insert of both rows, no ORM flush.
+    """
+    rows = [
+        {
+            "session_id": chat_session_id,
+            "role": message["role"],
+            "content": json.dumps(message["content"]),
+            "message_id": message_id if message["role"] == "assistant" else None,
+        }
+        for message in _exchange(user_text, reply_text)
+    ]
+    ids = session.scalars(
+        insert(ChatTurn.__table__).returning(ChatTurn.id, sort_by_parameter_order=True),
+        rows,
+    ).all()
+    return ids[-1]

@@ -84,6 +84,7 @@ class ChatConnection:
         self.spool = app.extensions["tally.spool"]
         self.authorization = authorization
         self.user_id = None
+        self.known = None  # history.Known: the session this socket chatted in last
         self.token = None
         self.claims = None
         self.expires_at = None
@@ -156,14 +157,17 @@ class ChatConnection:
         self.expires_at = token_expires_at(token)
         self.checked_at = time.monotonic()
 
-    def _still_valid(self, session):
-        """The socket's token may still start a call: not expired nor revoked."""
+    def _still_valid(self, session, *also):
+        """The socket's token may still start a call: not expired nor revoked.
+
+        Returns the user, then the values of ``also`` (see ``still_valid``).
+        """
         if self.expires_at is not None and datetime.now(UTC) >= self.expires_at:
             raise NotAuthenticated("the token has expired: sign in again")
-        user = still_valid(session, self.user_id, self.claims, self.token)
-        self.budgeted = has_limit(user)
+        found = still_valid(session, self.user_id, self.claims, self.token, *also)
+        self.budgeted = has_limit(found[0])
         self.checked_at = time.monotonic()
-        return user
+        return found
 
     def _refuse(self, exc):
         log.info("chat socket refused: %s", exc)
@@ -217,7 +221,7 @@ class ChatConnection:
                 "too_large", f"the message is {size:,} bytes; the limit is {limit:,}"
             )
         try:
-            chat_session_id, messages = self._open(session_id)
+            known = self._open(session_id)
         except NotAuthenticated as exc:
             return self._refuse(exc)
         except history.SessionNotFound:
@@ -227,30 +231,39 @@ class ChatConnection:
         except DBAPIError as exc:
             log.warning("chat socket: cannot open the session: %s", exc)
             return self.error("database_unavailable", DATABASE_AWAY)
-        messages.append({"role": "user", "content": text})
         result = run_call(
             self.client,
             model=self.settings.model,
             max_tokens=self.settings.max_tokens,
-            messages=messages,
-            on_event=self._relay_event(chat_session_id),
+            messages=[*known.messages, {"role": "user", "content": text}],
+            on_event=self._relay_event(known.session_id),
         )
-        self.finish(chat_session_id, text, result)
+        self.finish(known, text, result)
 
     def _open(self, session_id):
-        """The session and its history, unless signed out, over budget or rate."""
+        """The session's ``history.Known``, unless signed out, over budget or rate.
+
+        The session this socket chatted in last is read again only if its newest
+        turn changed (another tab chatted in it): one query in all.
+        """
+        known = self.known
+        if known is None or known.session_id != session_id:
+            known = None
         with unit_of_work(self.db) as session:
             # A token revoked since the last check must not start a paid call.
             # Held for the block: the session keeps loaded rows only while they
             # are referenced, and the budget check reads this one again.
-            user = self._still_valid(session)
+            also = () if known is None else (history.newest_turn(session_id),)
+            user, *newest = self._still_valid(session, *also)
             refusal = chat_refusal(session, user.id)
             if refusal is not None:
                 raise ChatRefused(*refusal)
+            if known is not None and newest == [known.newest_turn]:
+                return known
             chat = history.open_session(
                 session, self.user_id, session_id, self.settings.model
             )
-            return chat.id, history.messages_for(session, chat.id)
+            return history.messages_for(session, chat.id)
 
     def _relay_event(self, chat_session_id):
         window = {}
@@ -279,14 +292,15 @@ class ChatConnection:
 
         return on_event
 
-    def finish(self, chat_session_id, text, result):
+    def finish(self, known, text, result):
+        chat_session_id = known.session_id
         if not result.billed:
             return self.error(result.error_code or "upstream", result.error)
         # A chat call is keyed by its message id alone; the request id is logged.
         call = result.meter.to_call(user_id=self.user_id, session_id=chat_session_id)
         cost = price_call(call).cost
         self.pending[call.message_id] = (chat_session_id, cost)
-        session_cost = self._keep(call, chat_session_id, text, result)
+        session_cost = self._keep(call, known, text, result)
         if result.error_code != "client_gone":
             self.watcher.watch(call.message_id, self.user_id, self.inbox)
         log.info(
@@ -324,16 +338,18 @@ class ChatConnection:
         left = budget_left(session, self.user_id, datetime.now(UTC))
         return {period: money_text(value) for period, value in left.items()}
 
-    def _keep(self, call, chat_session_id, text, result):
+    def _keep(self, call, known, text, result):
         """Commit the record with its turn and return the session's cost so far.
 
         If the database fails, the record goes to the spool file and the cost is
         unknown (None).
         """
+        chat_session_id = known.session_id
+        newest = None
         try:
             with unit_of_work(self.db) as session:
                 if result.error is None:
-                    history.add_exchange(
+                    newest = history.add_exchange(
                         session, chat_session_id, text, result.text, call.message_id
                     )
                 entry_id = outbox.add(session, call, claimed=self.relay is not None)
@@ -351,6 +367,8 @@ class ChatConnection:
                 "call's usage is kept on disk and saved when it is back",
             )
             return None
+        if newest is not None:
+            self.known = known.after(text, result.text, newest)
         if self.relay is not None:
             self.relay.take(entry_id, call.to_payload())
         return session_cost
