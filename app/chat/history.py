@@ -47,27 +47,29 @@ def _exchange(user_text, reply_text):
 
 
 def open_session(session, user_id, session_id, model):
-    """The user's session ``session_id``, or a new one when it is None."""
+    """``Known`` for the user's session ``session_id``, or a new one when it is None.
+
+    One statement either way: an insert, or the session's owner with its turns.
+    """
     if session_id is None:
-        chat = ChatSession(id=str(uuid.uuid4()), user_id=user_id, model=model)
-        session.add(chat)
-        session.flush()
-        return chat
-    chat = session.get(ChatSession, session_id) if isinstance(session_id, str) else None
-    if chat is None or chat.user_id != user_id:
+        new = str(uuid.uuid4())
+        session.execute(
+            insert(ChatSession.__table__).values(id=new, user_id=user_id, model=model)
+        )
+        return Known(new, (), None)
+    rows = []
+    if isinstance(session_id, str):
+        rows = session.execute(
+            select(ChatSession.user_id, ChatTurn.id, ChatTurn.role, ChatTurn.content)
+            .outerjoin(ChatTurn, ChatTurn.session_id == ChatSession.id)
+            .where(ChatSession.id == session_id)
+            .order_by(ChatTurn.id)
+        ).all()
+    if not rows or rows[0].user_id != user_id:
         raise SessionNotFound(f"no session {session_id!r}")
-    return chat
-
-
-def messages_for(session, chat_session_id):
-    """The session's Messages API ``messages`` so far, as a ``Known``."""
-    turns = session.execute(
-        select(ChatTurn.id, ChatTurn.role, ChatTurn.content)
-        .where(ChatTurn.session_id == chat_session_id)
-        .order_by(ChatTurn.id)
-    ).all()
+    turns = [row for row in rows if row.id is not None]
     messages = tuple({"role": t.role, "content": json.loads(t.content)} for t in turns)
-    return Known(chat_session_id, messages, turns[-1].id if turns else None)
+    return Known(session_id, messages, turns[-1].id if turns else None)
 
 
 def add_exchange(session, chat_session_id, user_text, reply_text, message_id):

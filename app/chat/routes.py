@@ -260,10 +260,9 @@ class ChatConnection:
                 raise ChatRefused(*refusal)
             if known is not None and newest == [known.newest_turn]:
                 return known
-            chat = history.open_session(
+            return history.open_session(
                 session, self.user_id, session_id, self.settings.model
             )
-            return history.messages_for(session, chat.id)
 
     def _relay_event(self, chat_session_id):
         window = {}
