@@ -9,4 +9,4 @@ COPY alembic.ini celery_app.py wsgi.py ./
 RUN pip install --no-cache-dir . && useradd --system tally
 USER tally
 EXPOSE 5000
-CMD ["gunicorn", "--worker-class", "gthread", "--threads", "256", "--bind", "0.0.0.0:5000", "wsgi:app"]
+CMD ["gunicorn", "--worker-class", "gevent", "--worker-connections", "1000", "--bind", "0.0.0.0:5000", "wsgi:app"]

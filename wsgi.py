@@ -1,4 +1,10 @@
-"""The WSGI entry point: ``gunicorn wsgi:app``; also what ``flask`` commands load."""
+"""The WSGI entry point: ``gunicorn -k gevent wsgi:app``; also what ``flask`` loads.
+
+Served by gunicorn's gevent worker (see README, Performance): every chat socket is
+a greenlet. The worker has patched the standard library's sockets before this
+module loads; psycopg2 talks to PostgreSQL in C, so it is made to wait through
+gevent too, or one query would stall every socket of the process.
+"""
 
 import gc
 import logging
@@ -15,6 +21,20 @@ if os.environ.get("TALLY_LOG_LEVEL"):
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
 
+
+def _cooperative_postgres():
+    """Under gevent, let psycopg2 yield to other greenlets while it waits."""
+    try:
+        from gevent import monkey
+    except ImportError:  # not installed: nothing is patched either
+        return
+    if monkey.is_module_patched("socket"):
+        from psycogreen.gevent import patch_psycopg
+
+        patch_psycopg()
+
+
+_cooperative_postgres()
 app = create_app(celery=celery)
 # What is loaded by now lives as long as the process: keep it out of the cyclic
 # collector's full passes. Without this a full pass took 160-190 ms under load on

@@ -57,7 +57,7 @@ def main(argv=None):
                 ],
                 env,
             )
-        _start(procs, "web", _web_command(args), env)
+        _start(procs, "web", web_command(args.host, args.port, args.connections), env)
         _announce(args, settings)
         return _supervise(procs)
     finally:
@@ -71,10 +71,10 @@ def _parse(argv):
         "--port", type=int, default=int(os.environ.get("TALLY_PORT", "5000"))
     )
     parser.add_argument(
-        "--threads",
+        "--connections",
         type=int,
-        default=64,
-        help="websocket chats one web process serves at once",
+        default=1000,
+        help="connections (open chat tabs included) the web process serves at once",
     )
     parser.add_argument("--workers", type=int, default=2, help="worker concurrency")
     parser.add_argument(
@@ -145,19 +145,23 @@ def _worker_command(settings, concurrency):
     ]
 
 
-def _web_command(args):
+def web_command(host, port, connections=1000):
+    """How Tally's web app is served: gunicorn, one gevent worker (README, Performance).
+
+    Every open chat tab holds one of ``connections`` for as long as it is open.
+    """
     return [
         sys.executable,
         "-m",
         "gunicorn",
         "--worker-class",
-        "gthread",
+        "gevent",
         "--workers",
         "1",
-        "--threads",
-        str(args.threads),
+        "--worker-connections",
+        str(connections),
         "--bind",
-        f"{args.host}:{args.port}",
+        f"{host}:{port}",
         "--access-logfile",
         "-",
         "wsgi:app",

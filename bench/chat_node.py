@@ -4,9 +4,12 @@ A chat is sustained when the 99th percentile of the delay Tally adds to a text
 event (simulator send to browser receive, both on this machine's monotonic clock)
 stays under 100 ms, no reply fails, and the simulator still keeps its pace. The
 baseline is the same count for bare SDK streams read by threads of one process.
+The node figure does the same with one gunicorn worker per core against as many
+bare reader processes.
 """
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -14,11 +17,12 @@ import time
 from dataclasses import dataclass
 
 from bench.common import (
+    SERVED,
+    SETUPS,
     BenchError,
     Figure,
     Goal,
     WebServer,
-    gevent_available,
     log,
     login,
 )
@@ -120,16 +124,29 @@ def tally_level(web, tokens, chats, load):
     return load.summarize(chats, delays, spans, errors)
 
 
-def bare_level(sim_url, chats, load, env):
-    args = [
-        *(sys.executable, "-m", "bench.bare", "--url", sim_url),
-        *("--streams", str(chats), "--text", load.text),
-        *("--spread", str(load.spread)),
-    ]
-    done = subprocess.run(args, env=env, capture_output=True, check=False)
-    if done.returncode:
-        raise BenchError(f"bare reader failed: {done.stderr.decode()[-2000:]}")
-    streams = json.loads(done.stdout)["streams"]
+def bare_level(sim_url, chats, load, env, processes=1):
+    """``chats`` bare SDK streams, shared out over ``processes`` reader processes."""
+    readers = []
+    for n in range(processes):
+        share = chats // processes + (n < chats % processes)
+        if not share:
+            continue
+        args = [
+            *(sys.executable, "-m", "bench.bare", "--url", sim_url),
+            *("--streams", str(share), "--text", load.text),
+            *("--spread", str(load.spread)),
+        ]
+        readers.append(
+            subprocess.Popen(
+                args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+        )
+    streams = []
+    for reader in readers:
+        out, err = reader.communicate()
+        if reader.returncode:
+            raise BenchError(f"bare reader failed: {err.decode()[-2000:]}")
+        streams += json.loads(out)["streams"]
     delays = [d for s in streams for d in s["delays"]]
     spans = [_span(s["stamps"]) for s in streams]
     errors = [e for s in streams for e in s["errors"]]
@@ -215,24 +232,28 @@ def _settled_rss(web, tries=20):
     return last
 
 
-def setups(scratch, only=None):
-    found = ["werkzeug", "gthread"]
-    if gevent_available(scratch.env()):
-        found.append("gevent")
-    else:
-        log("  gevent is not installed: its setup is skipped")
-    return [s for s in found if only is None or s in only]
+def setups(only=None, first_run=True):
+    """The setups a run measures: the others, to compare, in the first run only."""
+    wanted = SETUPS if first_run else (SERVED,)
+    return [s for s in wanted if only is None or s in only]
 
 
-def run(scratch, profile="full", runs=3, only_setups=None):
-    """Measure every server setup against bare SDK streams; return the figures."""
+def run(scratch, profile="full", runs=3, only_setups=None, node_workers=None):
+    """Measure every server setup against bare SDK streams; return the figures.
+
+    ``node_workers``: gunicorn workers of the served setup for the node figure
+    (default one per core; 1 or fewer: no node figure). Setups other than the
+    served one are measured in the first run only, to keep the suite short.
+    """
     size = SIZES[profile]
     load = Load(size["tokens"], size["delay_ms"])
     sim = scratch.simulator()
     worker = scratch.worker()
     env = scratch.env()
-    chosen = setups(scratch, only_setups)
+    chosen = setups(only_setups)
+    workers = os.cpu_count() if node_workers is None else node_workers
     bare, sustained, memory = [], {s: [] for s in chosen}, {s: [] for s in chosen}
+    node = {"bare": [], "tally": []} if workers > 1 else None
     for n in range(runs):
         log("chat node run %d/%d", n + 1, runs)
         bare.append(
@@ -243,14 +264,34 @@ def run(scratch, profile="full", runs=3, only_setups=None):
                 "bare SDK",
             )
         )
-        for setup in chosen:
+        for setup in setups(only_setups, first_run=n == 0):
             hint = sustained[setup][-1] if sustained[setup] else None
             held, per_chat = _measure_setup(scratch, setup, sim, load, size, hint)
             sustained[setup].append(held)
             memory[setup].append(per_chat)
+        if node is not None:
+            _measure_node(scratch, sim, load, size, workers, node)
     scratch.stop(worker)
     scratch.stop(sim)
-    return _figures(load, bare, sustained, memory)
+    return _figures(load, bare, sustained, memory, node, workers)
+
+
+def _measure_node(scratch, sim, load, size, workers, node):
+    """The node figure: ``workers`` served workers against as many bare readers."""
+    env = scratch.env()
+    node["bare"].append(
+        _search(
+            lambda k: bare_level(sim.url, k, load, env, processes=workers),
+            node["bare"][-1] if node["bare"] else None,
+            size,
+            f"bare SDK x{workers}",
+        )
+    )
+    hint = node["tally"][-1] if node["tally"] else None
+    held, _ = _measure_setup(
+        scratch, SERVED, sim, load, size, hint, workers=workers, memory=False
+    )
+    node["tally"].append(held)
 
 
 def _search(measure, hint, size, label):
@@ -260,22 +301,22 @@ def _search(measure, hint, size, label):
     return around(measure, hint, size["limit"], label)
 
 
-def _measure_setup(scratch, setup, sim, load, size, hint):
-    web = WebServer(scratch, setup, sim.url)
+def _measure_setup(scratch, setup, sim, load, size, hint, workers=1, memory=True):
+    """The most chats ``setup`` sustains, and (if ``memory``) RSS per idle chat."""
+    web = WebServer(scratch, setup, sim.url, workers=workers)
+    label = f"tally {setup}" + (f" x{workers}" if workers > 1 else "")
     try:
         tokens = [login(web.url, f"chat{i}") for i in range(USERS)]
         # The first calls of a fresh process open connections and fill caches.
-        tally_level(web, tokens, 2, Load(20, 0))
-        memory = idle_memory(web, tokens, size["idle"])
-        held = _search(
-            lambda k: tally_level(web, tokens, k, load), hint, size, f"tally {setup}"
-        )
+        tally_level(web, tokens, 2 * workers, Load(20, 0))
+        per_chat = idle_memory(web, tokens, size["idle"]) if memory else None
+        held = _search(lambda k: tally_level(web, tokens, k, load), hint, size, label)
     finally:
         scratch.stop(web.service)
-    return held, memory
+    return held, per_chat
 
 
-def _figures(load, bare, sustained, memory):
+def _figures(load, bare, sustained, memory, node=None, workers=1):
     pace = f"{load.tokens} tokens, {load.delay_ms} ms apart"
     figures = []
     for setup, held in sustained.items():
@@ -287,6 +328,19 @@ def _figures(load, bare, sustained, memory):
                 held,
                 baseline="bare SDK streams, 1 process",
                 baseline_samples=bare,
+                goal=Goal("ratio", ">=", 0.8),
+                note=f"p99 added < {MAX_ADDED_MS:g} ms, {pace}",
+            )
+        )
+    if node is not None:
+        figures.append(
+            Figure(
+                NAME,
+                f"chats sustained, 1 node: {workers} {SERVED} workers",
+                "chats",
+                node["tally"],
+                baseline=f"bare SDK streams, {workers} processes",
+                baseline_samples=node["bare"],
                 goal=Goal("ratio", ">=", 0.8),
                 note=f"p99 added < {MAX_ADDED_MS:g} ms, {pace}",
             )

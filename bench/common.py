@@ -21,6 +21,7 @@ from alembic.config import Config
 from sqlalchemy import create_engine, text
 
 from app import config
+from app.runner import web_command
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -373,6 +374,15 @@ READY = "bench: worker ready"
 SETUPS = ("werkzeug", "gthread", "gevent")
 
 
+def _served_setup():
+    """The gunicorn worker class Tally ships with (scripts/run, image, compose)."""
+    argv = web_command("127.0.0.1", 0)
+    return argv[argv.index("--worker-class") + 1]
+
+
+SERVED = _served_setup()
+
+
 def web_args(setup, port, workers=1, threads=1000):
     """The command that serves Tally under ``setup`` on ``port``."""
     if setup == "werkzeug":
@@ -386,11 +396,6 @@ def web_args(setup, port, workers=1, threads=1000):
     if setup == "gevent":
         return [*gunicorn, "-k", "gevent", "--worker-connections", "4000", "wsgi:app"]
     raise ValueError(f"unknown server setup {setup!r}")
-
-
-def gevent_available(env):
-    probe = [sys.executable, "-c", "import gevent, gunicorn.workers.ggevent"]
-    return subprocess.run(probe, env=env, capture_output=True).returncode == 0
 
 
 class WebServer:

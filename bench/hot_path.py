@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 from bench.common import (
+    SERVED,
     BenchError,
     Figure,
     Goal,
@@ -100,7 +101,7 @@ class HungBroker:
         self.sock.close()
 
 
-def run(scratch, profile="full", runs=3, setup="gthread"):
+def run(scratch, profile="full", runs=3, setup=SERVED):
     """CPU per event and per call against the bare SDK; enqueue latency check."""
     size = SIZES[profile]
     sim = scratch.simulator()

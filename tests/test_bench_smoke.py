@@ -55,13 +55,17 @@ def test_hot_path_measures_cpu_and_latency(scratch):
 
 
 def test_chat_node_holds_a_few_chats(scratch):
-    figures = chat_node.run(scratch, "smoke", runs=1, only_setups=("werkzeug",))
+    figures = chat_node.run(
+        scratch, "smoke", runs=1, only_setups=("werkzeug",), node_workers=2
+    )
 
-    held, memory = figures
+    held, node, memory = figures
     assert held.name == "chats sustained, 1 process, werkzeug"
+    assert node.name == "chats sustained, 1 node: 2 gevent workers"
     # The ramp tries 1, 2 and 4 chats; a single slow chat is always sustained.
-    assert held.samples[0] in (1, 2, 4)
-    assert held.baseline_samples[0] in (1, 2, 4)
+    for figure in (held, node):
+        assert figure.samples[0] in (1, 2, 4)
+        assert figure.baseline_samples[0] in (1, 2, 4)
     assert memory.unit == "KiB" and memory.samples[0] > 0
 
 
