@@ -26,7 +26,8 @@ from app.db import unit_of_work
 from app.extensions import sock
 from app.models import DeadLetter, SessionUsage, UsageRecord
 from app.usage import outbox
-from app.usage.pricing import context_window, price_call
+from app.usage.pricing import context_window
+from app.usage.rates import shared_rates
 
 log = logging.getLogger(__name__)
 bp = Blueprint("chat", __name__)
@@ -297,7 +298,8 @@ class ChatConnection:
             return self.error(result.error_code or "upstream", result.error)
         # A chat call is keyed by its message id alone; the request id is logged.
         call = result.meter.to_call(user_id=self.user_id, session_id=chat_session_id)
-        cost = price_call(call).cost
+        # The worker prices with the same cache: the end frame shows what is saved.
+        cost = shared_rates().price(call).cost
         self.pending[call.message_id] = (chat_session_id, cost)
         session_cost = self._keep(call, known, text, result)
         if result.error_code != "client_gone":
