@@ -73,9 +73,10 @@ def open_session(session, user_id, session_id, model):
 
 
 def add_exchange(session, chat_session_id, user_text, reply_text, message_id):
-    """Append the user's text and Claude's reply; return the reply's turn id.
+    """Append the user's text and Claude's reply; return the session's newest turn id.
 
-    One plain insert of both rows, no ORM flush.
+    One plain multi-row insert, no ORM flush. The newest id is what
+    ``newest_turn`` finds, whichever of the two rows holds it.
     """
     rows = [
         {
@@ -87,7 +88,6 @@ def add_exchange(session, chat_session_id, user_text, reply_text, message_id):
         for message in _exchange(user_text, reply_text)
     ]
     ids = session.scalars(
-        insert(ChatTurn.__table__).returning(ChatTurn.id, sort_by_parameter_order=True),
-        rows,
+        insert(ChatTurn.__table__).values(rows).returning(ChatTurn.id)
     ).all()
-    return ids[-1]
+    return max(ids)
