@@ -124,7 +124,7 @@ class ChatConnection:
         if self.stopping.is_set() and self.ws.connected:
             self.ws.close(CLOSE_GOING_AWAY, "Tally is restarting")
 
-    def authenticate(self, token, *, same_user=False, recheck=False):
+    def authenticate(self, token, *, same_user=False):
         """Check ``token``; on failure tell the client and close the socket.
 
         With the database away, a socket never signed in is closed (try again);
@@ -137,9 +137,6 @@ class ChatConnection:
             return self._refuse(exc)
         except DBAPIError as exc:
             log.warning("chat socket: cannot check a token: %s", exc)
-            if recheck:  # the periodic look: quietly, again in a while
-                self.checked_at = time.monotonic()
-                return True
             self.error("database_unavailable", DATABASE_AWAY)
             if self.user_id is None:  # never signed in: nothing to keep open
                 self.ws.close(CLOSE_TRY_AGAIN, "database unavailable")
@@ -184,7 +181,17 @@ class ChatConnection:
             return False
         if time.monotonic() - self.checked_at < RECHECK_TOKEN_SECONDS:
             return True
-        return self.authenticate(self.token, same_user=True, recheck=True)
+        # The signature and claims were checked when the token came: one query
+        # asks whether it was revoked since, or its user disabled.
+        try:
+            with unit_of_work(self.db) as session:
+                self._still_valid(session)
+        except NotAuthenticated as exc:
+            return self._refuse(exc)
+        except DBAPIError as exc:  # quietly: the next call checks again first
+            log.warning("chat socket: cannot check a token: %s", exc)
+            self.checked_at = time.monotonic()
+        return True
 
     def _header_token(self):
         scheme, _, token = (self.authorization or "").partition(" ")
