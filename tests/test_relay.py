@@ -4,6 +4,8 @@ or the database refuses them. Real PostgreSQL, a real Redis of the test's own.
 
 import base64
 import json
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 
@@ -13,6 +15,7 @@ from kombu.exceptions import OperationalError
 from sqlalchemy import text
 
 from app.db import make_engine, make_session_factory, unit_of_work
+from app.runner import ROOT
 from app.usage import outbox
 from app.usage.outbox import Relay
 from app.usage.records import CallUsage
@@ -168,3 +171,41 @@ def test_chats_waking_the_relay_all_the_time_do_not_put_the_sweep_off(db, broker
     finally:
         relay.stop()
     assert queued().count("msg_relay_6") == 1
+
+
+EXITING = """
+import sys
+from app.db import make_engine, make_session_factory
+from app.usage.outbox import Relay
+from celery_app import SAVE_USAGE, make_celery
+from tests.test_relay import call, claim
+
+database_url, broker_url, queue = sys.argv[1:]
+celery = make_celery()
+celery.conf.broker_url = broker_url
+celery.conf.task_default_queue = queue
+factory = make_session_factory(make_engine(database_url))
+# Chats finishing together are gathered for 30 s: longer than this process lives.
+relay = Relay(factory, lambda r: celery.send_task(SAVE_USAGE, args=[r]), gather=30)
+relay.start()
+[entry_id] = claim(factory, [call(7)])
+relay.take(entry_id, call(7).to_payload())
+sys.exit(0)
+"""
+
+
+def test_a_process_exiting_sends_what_was_handed_to_its_relay(
+    settings, db, broker, private_redis
+):
+    _, queued = broker
+    done = subprocess.run(
+        [sys.executable, "-c", EXITING, str(db.url.render_as_string(False)),
+         private_redis.url, "tally.relay-test"],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert queued() == ["msg_relay_7"]
+    assert outbox_rows(db) == [("msg_relay_7", True, 1)]

@@ -11,6 +11,7 @@ If the broker refuses it, the relay unmarks it and a sweep sends it again; if th
 process dies first, it is sent again after ``resend_after`` like any other.
 """
 
+import atexit
 import collections
 import json
 import logging
@@ -93,12 +94,18 @@ class Relay:
                 target=self._run, name="outbox-relay", daemon=True
             )
             self._thread.start()
+            # A process stopping (gunicorn's worker after a stop signal) sends
+            # what chats handed over in its last moments, instead of leaving it
+            # to the five-minute resend.
+            atexit.register(self.stop)
 
     def stop(self):
+        """Stop the thread once it has sent what ``take`` was given."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+            atexit.unregister(self.stop)
 
     def wake(self):
         """Sweep the outbox now: entries were written without ``take``."""
