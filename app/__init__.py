@@ -8,6 +8,7 @@ from flask import Flask, jsonify
 
 from app import config
 from app.chat.frames import Flusher
+from app.chat.guard import TokenGuard
 from app.chat.saves import SaveWatcher
 from app.db import make_engine, make_session_factory
 from app.extensions import jwt, sock
@@ -39,6 +40,7 @@ def create_app(settings=None, *, celery=None):
     app.extensions["tally.spool"] = Spool(settings.data_dir / "spool")
     app.extensions["tally.flusher"] = Flusher(settings.text_frame_ms / 1000)
     app.extensions["tally.saves"] = SaveWatcher(app.extensions["tally.db"])
+    app.extensions["tally.guard"] = TokenGuard(app.extensions["tally.db"])
     app.extensions["tally.stopping"] = threading.Event()  # see app.stopping
     if celery is not None:
         _attach_relay(app, celery, settings)

@@ -33,9 +33,21 @@ MAX_ADDED_MS = 100.0
 # A simulator that sends its reply this much slower than asked is saturated.
 MAX_PACE_SLIP = 1.25
 SIZES = {
-    "smoke": dict(tokens=20, delay_ms=10, start=1, limit=4, probes=0, idle=4),
-    "quick": dict(tokens=100, delay_ms=20, start=20, limit=640, probes=1, idle=50),
-    "full": dict(tokens=100, delay_ms=20, start=20, limit=1280, probes=2, idle=100),
+    "smoke": dict(
+        tokens=20, delay_ms=10, start=1, limit=4, probes=0, idle=4, idle_seconds=1
+    ),
+    "quick": dict(
+        tokens=100, delay_ms=20, start=20, limit=640, probes=1, idle=50, idle_seconds=5
+    ),
+    "full": dict(
+        tokens=100,
+        delay_ms=20,
+        start=20,
+        limit=1280,
+        probes=2,
+        idle=500,
+        idle_seconds=15,
+    ),
 }
 USERS = 20
 
@@ -209,15 +221,19 @@ def _probe(measure, chats, label):
     return False
 
 
-def idle_memory(web, tokens, chats):
-    """Bytes of web-process RSS per open, idle, signed-in chat socket."""
+def idle_cost(web, tokens, chats, seconds):
+    """Per open, idle, signed-in chat socket: bytes of web-process RSS, and the
+    web process's CPU microseconds per second over ``seconds``."""
     before = _settled_rss(web)
     crowd = Crowd(web.ws_url, [tokens[i % len(tokens)] for i in range(chats)])
     try:
         after = _settled_rss(web)
+        cpu, started = web.cpu_seconds(), time.monotonic()
+        time.sleep(seconds)  # the measuring window itself: idle sockets, no load
+        cpu_rate = (web.cpu_seconds() - cpu) / (time.monotonic() - started)
     finally:
         crowd.close()
-    return (after - before) / chats
+    return (after - before) / chats, cpu_rate / chats * 1e6
 
 
 def _settled_rss(web, tries=20):
@@ -309,7 +325,11 @@ def _measure_setup(scratch, setup, sim, load, size, hint, workers=1, memory=True
         tokens = [login(web.url, f"chat{i}") for i in range(USERS)]
         # The first calls of a fresh process open connections and fill caches.
         tally_level(web, tokens, 2 * workers, Load(20, 0))
-        per_chat = idle_memory(web, tokens, size["idle"]) if memory else None
+        per_chat = (
+            idle_cost(web, tokens, size["idle"], size["idle_seconds"])
+            if memory
+            else None
+        )
         held = _search(lambda k: tally_level(web, tokens, k, load), hint, size, label)
     finally:
         scratch.stop(web.service)
@@ -347,7 +367,22 @@ def _figures(load, bare, sustained, memory, node=None, workers=1):
         )
     for setup, per_chat in memory.items():
         figures.append(
-            Figure(NAME, f"memory per open chat, {setup}", "KiB", _kib(per_chat))
+            Figure(
+                NAME,
+                f"web CPU per idle open chat, {setup}",
+                "us/s",
+                [cpu for _, cpu in per_chat],
+                note="signed-in sockets, no chat",
+            )
+        )
+    for setup, per_chat in memory.items():
+        figures.append(
+            Figure(
+                NAME,
+                f"memory per open chat, {setup}",
+                "KiB",
+                _kib([rss for rss, _ in per_chat]),
+            )
         )
     return figures
 

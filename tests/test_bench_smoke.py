@@ -59,7 +59,7 @@ def test_chat_node_holds_a_few_chats(scratch):
         scratch, "smoke", runs=1, only_setups=("werkzeug",), node_workers=2
     )
 
-    held, node, memory = figures
+    held, node, idle_cpu, memory = figures
     assert held.name == "chats sustained, 1 process, werkzeug"
     assert node.name == "chats sustained, 1 node: 2 gevent workers"
     # The ramp tries 1, 2 and 4 chats; a single slow chat is always sustained.
@@ -67,6 +67,7 @@ def test_chat_node_holds_a_few_chats(scratch):
         assert figure.samples[0] in (1, 2, 4)
         assert figure.baseline_samples[0] in (1, 2, 4)
     assert memory.unit == "KiB" and memory.samples[0] > 0
+    assert idle_cpu.unit == "us/s" and idle_cpu.samples[0] >= 0
 
 
 def test_reports_time_every_query_and_explain_it(scratch):

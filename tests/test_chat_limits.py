@@ -118,6 +118,24 @@ def test_the_socket_closes_when_the_user_signs_out_elsewhere(live_server, db):
     client.close()
 
 
+def test_the_socket_closes_when_the_account_is_disabled(live_server, db):
+    client = ChatClient(live_server.ws_url, token=login(live_server.app, "liz")[
+        "access_token"
+    ])  # fmt: skip
+    assert client.receive()["type"] == "ready"
+    with db.begin() as conn:
+        conn.execute(text("UPDATE users SET disabled = true WHERE username = 'liz'"))
+
+    refusal = client.receive()  # within one look of the guard and one idle wait
+    assert refusal == {
+        "type": "error",
+        "code": "unauthorized",
+        "message": "this account does not exist or is disabled",
+    }
+    assert close_code(client) == 4401
+    client.close()
+
+
 def test_budget_left_is_exact(chat_client, db):
     with db.begin() as conn:
         conn.execute(

@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 bp = Blueprint("chat", __name__)
 
 AUTH_TIMEOUT = 10
-IDLE_POLL = 0.5
-RECHECK_TOKEN_SECONDS = 5
+IDLE_POLL = 0.5  # while a call of this socket waits to be saved
+IDLE_WAIT = 2.0  # otherwise: how soon a signed-out or stopping socket closes
 DEAD_LETTER_CHECK_SECONDS = 5
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_GOING_AWAY = 1001
@@ -79,6 +79,8 @@ class ChatConnection:
         self.client = app.extensions["tally.claude"]
         self.relay = app.extensions.get("tally.relay")
         self.watcher = app.extensions["tally.saves"]
+        self.guard = app.extensions["tally.guard"]
+        self.signed_out = None  # (token, why), set by the guard's thread
         self.stopping = app.extensions["tally.stopping"]
         self.inbox = queue.SimpleQueue()  # Saved calls, from the watcher's thread
         self.budgeted = False  # the user has a daily or monthly limit
@@ -89,7 +91,6 @@ class ChatConnection:
         self.token = None
         self.claims = None
         self.expires_at = None
-        self.checked_at = 0.0
         self.pending = {}  # message id -> (session id, cost) until the worker saved it
         self.dead = set()  # pending calls already reported as dead letters
         self.dead_checked_at = time.monotonic()
@@ -112,14 +113,16 @@ class ChatConnection:
             budget=self._budget_if_known(),
             limits=chat_limits(self.settings),
         )
+        self.guard.watch(self)
         try:
             while not self.stopping.is_set() and self.still_signed_in():
-                raw = self.ws.receive(timeout=IDLE_POLL)
+                raw = self.ws.receive(timeout=IDLE_POLL if self.pending else IDLE_WAIT)
                 if raw is None:
                     self.report_saves()
                 else:
                     self.handle(raw)
         finally:
+            self.guard.forget(self)
             self.watcher.forget(list(self.pending))
         if self.stopping.is_set() and self.ws.connected:
             self.ws.close(CLOSE_GOING_AWAY, "Tally is restarting")
@@ -153,7 +156,6 @@ class ChatConnection:
         self.budgeted = has_limit(user)
         self.token, self.claims = token, claims
         self.expires_at = token_expires_at(token)
-        self.checked_at = time.monotonic()
 
     def _still_valid(self, session, *also):
         """The socket's token may still start a call: not expired nor revoked.
@@ -164,7 +166,6 @@ class ChatConnection:
             raise NotAuthenticated("the token has expired: sign in again")
         found = still_valid(session, self.user_id, self.claims, self.token, *also)
         self.budgeted = has_limit(found[0])
-        self.checked_at = time.monotonic()
         return found
 
     def _refuse(self, exc):
@@ -179,18 +180,10 @@ class ChatConnection:
             self.error("unauthorized", "the token has expired: sign in again")
             self.ws.close(CLOSE_UNAUTHORIZED, "token expired")
             return False
-        if time.monotonic() - self.checked_at < RECHECK_TOKEN_SECONDS:
-            return True
-        # The signature and claims were checked when the token came: one query
-        # asks whether it was revoked since, or its user disabled.
-        try:
-            with unit_of_work(self.db) as session:
-                self._still_valid(session)
-        except NotAuthenticated as exc:
-            return self._refuse(exc)
-        except DBAPIError as exc:  # quietly: the next call checks again first
-            log.warning("chat socket: cannot check a token: %s", exc)
-            self.checked_at = time.monotonic()
+        # The guard looks at every socket's token at once (app/chat/guard.py).
+        signed_out = self.signed_out
+        if signed_out is not None and signed_out[0] == self.token:
+            return self._refuse(NotAuthenticated(signed_out[1]))
         return True
 
     def _header_token(self):
