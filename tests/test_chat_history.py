@@ -106,3 +106,32 @@ def test_a_tab_continuing_a_chat_sends_what_another_tab_added(
     # The simulator counts a token per 4 characters of every message it was sent:
     # the first tab's third call carried the second tab's exchange too.
     assert third["usage"]["input_tokens"] == math.ceil(sum(map(len, texts[:5])) / 4)
+
+
+def test_a_tab_whose_reply_is_kept_after_another_tabs_still_sends_both(
+    chat_client, live_server, db
+):
+    first_tab, second_tab = chat_client("alice"), chat_client("alice")
+    first_tab.chat("tokens:3 one")
+    chat_id = next(f for f in first_tab.frames if f["type"] == "start")["session_id"]
+    # The first tab's slow reply is kept after the second tab's quick one.
+    first_tab.send(type="chat", text="tokens:20 delay:50 slow", session_id=chat_id)
+    first_tab.until("text")
+    second_tab.chat("tokens:2 quick", session_id=chat_id)
+    first_tab.until("end")
+    third = first_tab.chat("tokens:1 three", session_id=chat_id)[-1]
+
+    with db.connect() as conn:
+        rows = conn.execute(
+            select(ChatTurn.content)
+            .where(ChatTurn.session_id == chat_id)
+            .order_by(ChatTurn.id)
+        ).scalars()
+        texts = [json.loads(content) for content in rows]
+    assert len(texts) == 8
+    assert (texts[2], texts[4], texts[6]) == (
+        "tokens:2 quick",
+        "tokens:20 delay:50 slow",
+        "tokens:1 three",
+    )
+    assert third["usage"]["input_tokens"] == math.ceil(sum(map(len, texts[:7])) / 4)

@@ -17,25 +17,34 @@ class SessionNotFound(LookupError):
 class Known:
     """A session's messages as a socket last saw them, up to its newest turn.
 
-    Turns are only ever appended: while the newest turn's id is the same, so are
-    the messages, and the socket need not read them again.
+    Turns are only ever appended, one message each: while the session has as many
+    turns as this holds messages, and the same newest one, the messages are the
+    same and the socket need not read them again. (The newest id alone is not
+    enough: another tab's exchange may have been kept just before this one's.)
     """
 
     session_id: str
     messages: tuple
     newest_turn: int | None
 
+    @property
+    def mark(self):
+        """What ``turns_mark`` finds while these messages are the whole session."""
+        return [self.newest_turn, len(self.messages)]
+
     def after(self, user_text, reply_text, newest_turn):
         added = _exchange(user_text, reply_text)
         return Known(self.session_id, (*self.messages, *added), newest_turn)
 
 
-def newest_turn(session_id):
-    """The id of a session's newest turn, as a column for a query that reads more."""
-    return (
-        select(func.max(ChatTurn.id))
+def turns_mark(session_id):
+    """The session's newest turn id and its number of turns, as two columns for a
+    query that reads more (compared with ``Known.mark``)."""
+    return tuple(
+        select(aggregate(ChatTurn.id))
         .where(ChatTurn.session_id == session_id)
         .scalar_subquery()
+        for aggregate in (func.max, func.count)
     )
 
 

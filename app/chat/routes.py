@@ -244,8 +244,8 @@ class ChatConnection:
     def _open(self, session_id):
         """The session's ``history.Known``, unless signed out, over budget or rate.
 
-        The session this socket chatted in last is read again only if its newest
-        turn changed (another tab chatted in it): one query in all.
+        The session this socket chatted in last is read again only if another tab
+        added turns to it since (see ``history.Known``): one query in all.
         """
         known = self.known
         if known is None or known.session_id != session_id:
@@ -254,12 +254,12 @@ class ChatConnection:
             # A token revoked since the last check must not start a paid call.
             # Held for the block: the session keeps loaded rows only while they
             # are referenced, and the budget check reads this one again.
-            also = () if known is None else (history.newest_turn(session_id),)
-            user, *newest = self._still_valid(session, *also)
+            also = () if known is None else history.turns_mark(session_id)
+            user, *mark = self._still_valid(session, *also)
             refusal = chat_refusal(session, user.id)
             if refusal is not None:
                 raise ChatRefused(*refusal)
-            if known is not None and newest == [known.newest_turn]:
+            if known is not None and mark == known.mark:
                 return known
             return history.open_session(
                 session, self.user_id, session_id, self.settings.model
