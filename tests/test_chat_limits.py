@@ -84,6 +84,28 @@ def test_text_that_is_not_unicode_gets_a_clear_error_and_the_socket_stays(
     assert client.chat("still here")[-1]["type"] == "end"
 
 
+def test_a_session_id_or_token_that_is_not_unicode_is_refused_cleanly(
+    chat_client, live_server, db
+):
+    client = chat_client("ivy")
+    client.ws.send('{"type": "chat", "text": "hi", "session_id": "\\ud800"}')
+    assert client.receive() == {
+        "type": "error",
+        "code": "not_found",
+        "message": "no such session",
+    }
+    # A refreshed token that is no text: refused like any bad token.
+    client.ws.send('{"type": "auth", "token": "\\ud800"}')
+    assert client.receive()["code"] == "unauthorized"
+    assert close_code(client) == 4401
+
+    first_frame = ChatClient(live_server.ws_url)
+    first_frame.ws.send('{"type": "auth", "token": "\\ud800"}')
+    assert first_frame.receive()["code"] == "unauthorized"
+    assert close_code(first_frame) == 4401
+    first_frame.close()
+
+
 def test_the_socket_closes_when_the_token_expires(live_server, db):
     app = live_server.app
     user_id = login(app, "judy")["user"]["id"]

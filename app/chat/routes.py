@@ -193,7 +193,7 @@ class ChatConnection:
     def _first_frame_token(self):
         frame = _parse(self.ws.receive(timeout=AUTH_TIMEOUT))
         if isinstance(frame, dict) and frame.get("type") == "auth":
-            return frame.get("token")
+            return _text(frame.get("token"))
         return None
 
     def handle(self, raw):
@@ -204,12 +204,14 @@ class ChatConnection:
             self.chat(frame)
         elif frame.get("type") == "auth":
             # A refreshed token for the same user keeps the socket open.
-            self.authenticate(frame.get("token"), same_user=True)
+            self.authenticate(_text(frame.get("token")), same_user=True)
         else:
             self.error("bad_frame", f"unknown frame type {frame.get('type')!r}")
 
     def chat(self, frame):
         text, session_id = frame.get("text"), frame.get("session_id")
+        if session_id is not None and _text(session_id) is None:
+            return self.error("not_found", "no such session")
         if not isinstance(text, str) or not text.strip():
             return self.error("bad_frame", 'a chat frame needs a non-empty "text"')
         try:
@@ -481,6 +483,21 @@ def _session_totals(row):
         "cache_creation_tokens": row.cache_creation_tokens,
         "cache_read_tokens": row.cache_read_tokens,
     }
+
+
+def _text(value):
+    """``value`` if it is a string that is valid Unicode, else None.
+
+    JSON can carry a lone surrogate ("\\ud800"); no database or token library
+    can take one.
+    """
+    if not isinstance(value, str):
+        return None
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return None
+    return value
 
 
 def _parse(raw):
