@@ -40,6 +40,12 @@ app = create_app(celery=celery)
 # collector's full passes. Without this a full pass took 160-190 ms under load on
 # the benchmark machine, every socket's frames waiting behind it; with it, 13-15 ms.
 gc.freeze()
+relay = app.extensions.get("tally.relay")
+if relay is not None and os.environ.get("FLASK_RUN_FROM_CLI") != "true":
+    # Served, not a `flask …` command: send what waits in the outbox and the
+    # spool from the start, not from the first request, which a server restarted
+    # overnight may not see for hours.
+    relay.start()
 if threading.current_thread() is threading.main_thread():
     # gunicorn's worker has set its own handlers by now: ours run first.
     stopping.install(app)

@@ -88,7 +88,8 @@ def _attach_relay(app, celery, settings):
         spool=app.extensions["tally.spool"],
     )
     app.extensions["tally.relay"] = relay
-    # Started by the first request, not at import: `flask usage …` needs no thread.
+    # wsgi.py starts it in a served process; this covers servers that import
+    # the app another way. `flask usage …` needs no thread.
     app.before_request(relay.start)
 
 

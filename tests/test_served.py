@@ -7,11 +7,16 @@ import signal
 import subprocess
 import threading
 import urllib.request
+from datetime import UTC, datetime
+from decimal import Decimal
 
 import pytest
 from sqlalchemy import text
 
+from app.db import make_session_factory, unit_of_work
 from app.runner import ROOT, web_command
+from app.usage import outbox
+from app.usage.records import CallUsage
 from tests.conftest import ChatClient, wait_for, worker_env
 from tests.faults import free_port
 from tests.test_chat_end_to_end import ledger
@@ -20,7 +25,7 @@ from tests.test_chat_end_to_end import ledger
 class Served:
     """``web_command`` in a process of its own, on a loopback port."""
 
-    def __init__(self, settings, simulator, log_path):
+    def __init__(self, settings, simulator, log_path, wait=True):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}/ws/chat"
@@ -40,7 +45,8 @@ class Served:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        wait_for(self.up, timeout=60, message="gunicorn serving")
+        if wait:
+            wait_for(self.up, timeout=60, message="gunicorn serving")
 
     def up(self):
         if self.proc.poll() is not None:
@@ -158,3 +164,40 @@ def test_sigterm_cuts_a_reply_records_it_and_stops(served, worker, simulator, db
     assert record["message_id"] == frames[-1]["message_id"]
     assert "Traceback" not in served.output()
     client.close()
+
+
+def test_records_waiting_at_start_are_sent_before_any_request(
+    settings, simulator, worker, db, tmp_path
+):
+    factory = make_session_factory(db)
+    with db.begin() as conn:
+        user_id = conn.scalar(
+            text(
+                "INSERT INTO users (username, role, disabled, created_at)"
+                " VALUES ('wanda', 'user', false, now()) RETURNING id"
+            )
+        )
+    waiting = [
+        CallUsage(
+            message_id=f"msg_waiting_{n}",
+            user_id=user_id,
+            session_id="s-waiting",
+            model="claude-sonnet-4-5",
+            occurred_at=datetime(2026, 12, 4, 8, 0, tzinfo=UTC),
+            input_tokens=1000,
+            output_tokens=100 * n,
+        )
+        for n in (1, 2)
+    ]
+    with unit_of_work(factory) as session:
+        for call in waiting:
+            outbox.add(session, call)
+    # Nobody opens a page: the server alone must send them.
+    server = Served(settings, simulator, tmp_path / "gunicorn.log", wait=False)
+    try:
+        records = wait_for(lambda: len(ledger(db)) == 2 and ledger(db), timeout=60)
+    finally:
+        server.stop()
+    assert sorted(r["output_tokens"] for r in records) == [100, 200]
+    # $3 per million input tokens and $15 per million output tokens.
+    assert sum(r["cost"] for r in records) == Decimal("0.0105")
