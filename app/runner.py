@@ -57,7 +57,10 @@ def main(argv=None):
                 ],
                 env,
             )
-        _start(procs, "web", web_command(args.host, args.port, args.connections), env)
+        web = web_command(
+            args.host, args.port, args.connections, cooperative=cooperative(settings)
+        )
+        _start(procs, "web", web, env)
         _announce(args, settings)
         return _supervise(procs)
     finally:
@@ -73,8 +76,8 @@ def _parse(argv):
     parser.add_argument(
         "--connections",
         type=int,
-        default=1000,
-        help="connections (open chat tabs included) the web process serves at once",
+        help="connections (open chat tabs included) the web process serves at "
+        "once: 1000 by default, 64 on the SQLite default",
     )
     parser.add_argument("--workers", type=int, default=2, help="worker concurrency")
     parser.add_argument(
@@ -145,27 +148,32 @@ def _worker_command(settings, concurrency):
     ]
 
 
-def web_command(host, port, connections=1000):
-    """How Tally's web app is served: gunicorn, one gevent worker (README, Performance).
+def web_command(host, port, connections=None, *, cooperative=True):
+    """How Tally's web app is served: gunicorn, one worker process.
 
+    ``cooperative``: every store the app waits on yields to gevent (PostgreSQL
+    through psycogreen, Redis through its sockets), so the worker is gevent's and
+    each chat socket a greenlet (README, Performance). SQLite's waits would stop
+    every socket of the process at once: with it, gunicorn's gthread worker.
     Every open chat tab holds one of ``connections`` for as long as it is open.
     """
+    if cooperative:
+        worker = ["gevent", "--worker-connections", str(connections or 1000)]
+    else:
+        worker = ["gthread", "--threads", str(connections or 64)]
     return [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "--worker-class",
-        "gevent",
-        "--workers",
-        "1",
-        "--worker-connections",
-        str(connections),
-        "--bind",
-        f"{host}:{port}",
-        "--access-logfile",
-        "-",
-        "wsgi:app",
+        *(sys.executable, "-m", "gunicorn", "--worker-class", *worker),
+        *("--workers", "1", "--bind", f"{host}:{port}"),
+        *("--access-logfile", "-", "wsgi:app"),
     ]
+
+
+def cooperative(settings):
+    """Whether neither the database nor the broker is a SQLite file."""
+    return not any(
+        url.startswith(("sqlite", "sqla+sqlite"))
+        for url in (settings.database_url, settings.broker_url)
+    )
 
 
 def _start(procs, name, argv, env):

@@ -3,11 +3,14 @@ database and the Celery broker, its own simulator, a real worker, gunicorn's gev
 worker serving the page. No PostgreSQL or Redis is used here.
 """
 
+import itertools
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
+import time
 import urllib.request
 from decimal import Decimal
 
@@ -114,3 +117,35 @@ def test_the_main_job_chats_saves_and_stops(main_job):
     main_job.proc.send_signal(signal.SIGINT)
     assert main_job.proc.wait(timeout=30) == 0
     assert "Traceback" not in main_job.output()
+
+
+def test_a_wait_on_the_sqlite_file_holds_up_no_other_tab(main_job):
+    streaming, quick = main_job.sign_in("streaming"), main_job.sign_in("quick")
+    for client in (streaming, quick):
+        client.ws.settimeout(15)
+    # gevent cannot run other sockets while SQLite waits on a lock: threads can.
+    assert "Using worker: gthread" in main_job.output()
+    quick.chat("tokens:1 first")
+    chat_id = next(f for f in quick.frames if f["type"] == "start")["session_id"]
+    streaming.send(type="chat", text="tokens:60 delay:40 go on", session_id=None)
+    streaming.until("text")
+    lock = sqlite3.connect(main_job.data_dir / "tally.db", timeout=5)
+    try:
+        lock.execute("BEGIN EXCLUSIVE")
+        # Its session known, this call starts reading only; keeping its record
+        # as it ends waits for the lock.
+        quick.send(type="chat", text="tokens:1 quick", session_id=chat_id)
+        quick.until("token_update")
+        stamps = []
+        while len(stamps) < 15:
+            if streaming.receive()["type"] == "text":
+                stamps.append(time.monotonic())
+    finally:
+        lock.rollback()
+        lock.close()
+    gaps = [later - earlier for earlier, later in itertools.pairwise(stamps)]
+    assert max(gaps) < 1.0
+    assert quick.until("end")[-1]["usage"]["output_tokens"] == 1
+    assert streaming.until("end")[-1]["usage"]["output_tokens"] == 60
+    quick.close()
+    streaming.close()
