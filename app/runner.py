@@ -61,6 +61,7 @@ def main(argv=None):
             args.host, args.port, args.connections, cooperative=cooperative(settings)
         )
         _start(procs, "web", web, env)
+        _wait_until_serving(procs, args)
         _announce(args, settings)
         return _supervise(procs)
     finally:
@@ -163,7 +164,7 @@ def web_command(host, port, connections=None, *, cooperative=True):
         worker = ["gthread", "--threads", str(connections or 64)]
     return [
         *(sys.executable, "-m", "gunicorn", "--worker-class", *worker),
-        *("--workers", "1", "--bind", f"{host}:{port}"),
+        *("--workers", "1", "--bind", f"{host}:{port}", "--no-control-socket"),
         *("--access-logfile", "-", "wsgi:app"),
     ]
 
@@ -182,6 +183,18 @@ def _start(procs, name, argv, env):
     # and Celery's workers), and a Ctrl-C reaches them only through us.
     proc = subprocess.Popen(argv, cwd=ROOT, env=env, start_new_session=True)
     procs.append((name, proc))
+
+
+def _wait_until_serving(procs, args, timeout=60):
+    """Until the web app answers on its port, so the address shown works."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(proc.poll() is not None for _, proc in procs):
+            return  # the supervisor reports which one stopped
+        with contextlib.suppress(OSError):
+            socket.create_connection((args.host, args.port), timeout=1).close()
+            return
+        time.sleep(0.2)
 
 
 def _announce(args, settings):
@@ -217,9 +230,11 @@ def _supervise(procs):
 
 
 def _stop_all(procs):
-    for _name, proc in reversed(procs):
+    """Stop in reverse order of start, each before the next: the web app first,
+    so that it cuts its replies while the simulator still answers and hands their
+    records to the broker while the worker still runs."""
+    for name, proc in reversed(procs):
         _signal_group(proc, signal.SIGTERM)
-    for name, proc in procs:
         try:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:

@@ -390,6 +390,7 @@ def web_args(setup, port, workers=1, threads=1000):
     gunicorn = [
         *(sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}"),
         *("--workers", str(workers), "--backlog", "2048", "--log-level", "warning"),
+        "--no-control-socket",
     ]
     if setup == "gthread":
         return [*gunicorn, "-k", "gthread", "--threads", str(threads), "wsgi:app"]

@@ -11,6 +11,7 @@ import contextlib
 import json
 import re
 import time
+import urllib.error
 from dataclasses import replace
 
 import pytest
@@ -307,8 +308,15 @@ def test_a_chat_sent_while_the_database_is_down_is_refused_not_billed(
             # A newcomer's socket cannot be signed in meanwhile: told, and closed.
             late = ChatClient(stack.server.ws_url, token=token)
             late_frame = late.receive()
+            with pytest.raises(urllib.error.HTTPError) as health:
+                stack.health()
         finally:
             pg.start()
+        assert health.value.code == 503
+        assert json.load(health.value) == {
+            "status": "database_unavailable",
+            "spooled": 0,
+        }
         assert refused["type"] == "error"
         assert refused["code"] == "database_unavailable"
         assert late_frame["code"] == "database_unavailable"
