@@ -46,7 +46,7 @@ SIZES = {
         limit=1280,
         probes=2,
         idle=500,
-        idle_seconds=15,
+        idle_seconds=8,
     ),
 }
 USERS = 20
