@@ -270,15 +270,20 @@ class ChatClient:
     def __init__(self, ws_url, token=None, header=None):
         self.ws = websocket.create_connection(ws_url, timeout=30, header=header or [])
         self.frames = []
+        self.replying = False  # the last chat's reply has started
         if token is not None:
             self.send(type="auth", token=token)
 
     def send(self, **frame):
+        if frame.get("type") == "chat":
+            self.replying = False  # until this call's start frame comes
         self.ws.send(json.dumps(frame))
 
     def receive(self):
         frame = json.loads(self.ws.recv())
         self.frames.append(frame)
+        if frame["type"] == "start":
+            self.replying = True
         return frame
 
     def until(self, kind):
@@ -289,7 +294,7 @@ class ChatClient:
             seen.append(frame)
             if frame["type"] == kind:
                 return seen
-            if frame["type"] == "error" and kind == "end" and not seen[:-1]:
+            if frame["type"] == "error" and kind == "end" and not self.replying:
                 # Refused before any reply: no end frame will come.
                 raise AssertionError(f"the call was refused: {frame}")
 

@@ -147,6 +147,13 @@ def _waiting_on_a_lock(db):
 
 def test_sigterm_cuts_a_reply_records_it_and_stops(served, worker, simulator, db):
     client = served.sign_in("stopping")
+    try:
+        _cut_by_sigterm(served, client, simulator, db)
+    finally:
+        client.close()
+
+
+def _cut_by_sigterm(served, client, simulator, db):
     abandoned = simulator.streams_abandoned()
     client.send(type="chat", text="tokens:3000 delay:5 a long story", session_id=None)
     client.until("text")
@@ -163,7 +170,6 @@ def test_sigterm_cuts_a_reply_records_it_and_stops(served, worker, simulator, db
     assert record["partial"] is True
     assert record["message_id"] == frames[-1]["message_id"]
     assert "Traceback" not in served.output()
-    client.close()
 
 
 def test_records_waiting_at_start_are_sent_before_any_request(
