@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -305,6 +306,42 @@ class ChatClient:
     def close(self):
         self.ws.close()
         self.ws.shutdown()  # close() leaves the socket open once the server closed
+
+
+class ServedProcess:
+    """A Tally process serving on a loopback port, driven over HTTP as a browser is.
+
+    Subclasses start ``self.proc`` with its output in ``self.log_path``.
+    """
+
+    name = "the served process"
+    url = proc = log_path = None
+
+    def output(self):
+        return self.log_path.read_text(errors="replace")
+
+    def up(self):
+        if self.proc.poll() is not None:
+            raise AssertionError(f"{self.name} exited: {self.output()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as reply:
+                return reply.status == 200
+        except OSError:
+            return False
+
+    def sign_in(self, username):
+        """A chat socket of ``username``, signed in through the development login."""
+        request = urllib.request.Request(
+            f"{self.url}/api/auth/dev-login",
+            data=json.dumps({"username": username}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            token = json.load(reply)["access_token"]
+        ws_url = self.url.replace("http://", "ws://", 1) + "/ws/chat"
+        client = ChatClient(ws_url, token=token)
+        assert client.receive()["type"] == "ready"
+        return client
 
 
 @pytest.fixture

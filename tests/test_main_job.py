@@ -4,14 +4,12 @@ worker serving the page. No PostgreSQL or Redis is used here.
 """
 
 import itertools
-import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
-import urllib.request
 from decimal import Decimal
 
 import pytest
@@ -20,7 +18,7 @@ from sqlalchemy import select
 from app.db import make_engine, make_session_factory, unit_of_work
 from app.models import DailyUsage, UsageRecord
 from app.runner import ROOT
-from tests.conftest import ChatClient, wait_for
+from tests.conftest import ServedProcess, wait_for
 from tests.faults import free_port
 
 # Settings that would point the job away from its embedded default.
@@ -63,39 +61,14 @@ def main_job(tmp_path):
                 proc.wait()
 
 
-class Job:
+class Job(ServedProcess):
+    """The running job: its process, page address, data folder and output."""
+
+    name = "the main job"
+
     def __init__(self, proc, url, data_dir, log_path):
-        self.proc, self.url, self.data_dir, self.log_path = (
-            proc,
-            url,
-            data_dir,
-            log_path,
-        )
-
-    def output(self):
-        return self.log_path.read_text(errors="replace")
-
-    def up(self):
-        if self.proc.poll() is not None:
-            raise AssertionError(f"the main job exited: {self.output()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as reply:
-                return reply.status == 200
-        except OSError:
-            return False
-
-    def sign_in(self, username):
-        request = urllib.request.Request(
-            f"{self.url}/api/auth/dev-login",
-            data=json.dumps({"username": username}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=10) as reply:
-            token = json.load(reply)["access_token"]
-        ws_url = self.url.replace("http://", "ws://") + "/ws/chat"
-        client = ChatClient(ws_url, token=token)
-        assert client.receive()["type"] == "ready"
-        return client
+        self.proc, self.url = proc, url
+        self.data_dir, self.log_path = data_dir, log_path
 
 
 def test_the_main_job_chats_saves_and_stops(main_job):

@@ -2,11 +2,9 @@
 and compose start, against the real PostgreSQL, Redis, worker and simulator.
 """
 
-import json
 import signal
 import subprocess
 import threading
-import urllib.request
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -17,13 +15,15 @@ from app.db import make_session_factory, unit_of_work
 from app.runner import ROOT, web_command
 from app.usage import outbox
 from app.usage.records import CallUsage
-from tests.conftest import ChatClient, wait_for, worker_env
+from tests.conftest import ServedProcess, wait_for, worker_env
 from tests.faults import free_port
 from tests.test_chat_end_to_end import ledger
 
 
-class Served:
+class Served(ServedProcess):
     """``web_command`` in a process of its own, on a loopback port."""
+
+    name = "gunicorn"
 
     def __init__(self, settings, simulator, log_path, wait=True):
         self.port = free_port()
@@ -47,30 +47,6 @@ class Served:
         )
         if wait:
             wait_for(self.up, timeout=60, message="gunicorn serving")
-
-    def up(self):
-        if self.proc.poll() is not None:
-            raise AssertionError(f"gunicorn exited: {self.output()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as reply:
-                return reply.status == 200
-        except OSError:
-            return False
-
-    def output(self):
-        return self.log_path.read_text(errors="replace")
-
-    def sign_in(self, username):
-        request = urllib.request.Request(
-            f"{self.url}/api/auth/dev-login",
-            data=json.dumps({"username": username}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=10) as reply:
-            token = json.load(reply)["access_token"]
-        client = ChatClient(self.ws_url, token=token)
-        assert client.receive()["type"] == "ready"
-        return client
 
     def stop(self):
         if self.proc.poll() is None:
