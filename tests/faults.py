@@ -180,6 +180,15 @@ class PrivateRedis:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def running_private_redis():
+    """A ``PrivateRedis`` for a fixture to yield from; closed when the fixture ends."""
+    server = PrivateRedis()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
 class BlackHole:
     """A listener that takes connections and never answers: a broker that hangs."""
 

@@ -24,7 +24,6 @@ from tests.faults import (
     BlackHole,
     ChatLoad,
     PrivatePostgres,
-    PrivateRedis,
     Stack,
     add_to_outbox,
     backlog,
@@ -34,6 +33,7 @@ from tests.faults import (
     in_thread,
     make_calls,
     report,
+    running_private_redis,
     unfinished_tasks,
     users,
 )
@@ -51,11 +51,7 @@ def private_pg():
 
 @pytest.fixture(scope="module")
 def private_redis():
-    server = PrivateRedis()
-    try:
-        yield server
-    finally:
-        server.close()
+    yield from running_private_redis()
 
 
 @pytest.fixture

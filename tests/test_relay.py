@@ -21,16 +21,12 @@ from app.usage.outbox import Relay
 from app.usage.records import CallUsage
 from celery_app import SAVE_USAGE, make_celery
 from tests.conftest import replace_settings
-from tests.faults import PrivateRedis, free_port
+from tests.faults import free_port, running_private_redis
 
 
 @pytest.fixture
 def private_redis():
-    server = PrivateRedis()
-    try:
-        yield server
-    finally:
-        server.close()
+    yield from running_private_redis()
 
 
 @pytest.fixture
